@@ -1,0 +1,69 @@
+"""Settings from ``FOLIO_*`` environment variables, shared by every Folio process."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_PORTS: dict[str, int] = {
+    "auth": 50051,
+    "user": 50052,
+    "document": 50053,
+    "llm": 50054,
+    "task": 50055,
+}
+
+
+class Settings(BaseSettings):
+    """Everything a Folio process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FOLIO_", extra="ignore")
+
+    env: Literal["dev", "production"] = "dev"
+    data_dir: Path = Path(".folio")
+    database_url: str | None = None
+    redis_url: str | None = None
+    log_level: str = "INFO"
+
+    # Secrets: AWS Secrets Manager when secrets_id is set (aws_endpoint_url points at
+    # a local server in tests), else FOLIO_* variables, else generated in data_dir (dev).
+    secrets_id: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    token_issuer: str = "https://auth.folio.local"
+    token_audience: str = "folio-api"
+    token_leeway_seconds: int = 30
+    jwks_ttl_seconds: int = 300
+
+    bind_host: str = "127.0.0.1"
+    service_host: str = "127.0.0.1"
+    auth_port: int = SERVICE_PORTS["auth"]
+    user_port: int = SERVICE_PORTS["user"]
+    document_port: int = SERVICE_PORTS["document"]
+    llm_port: int = SERVICE_PORTS["llm"]
+    task_port: int = SERVICE_PORTS["task"]
+    gateway_port: int = 8080
+
+    grace_period_seconds: float = 10.0
+    default_deadline_seconds: float = 10.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    def port(self, service: str) -> int:
+        """The port ``service`` listens on."""
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def address(self, service: str) -> str:
+        """The ``host:port`` other processes dial to reach ``service``."""
+        return f"{self.service_host}:{self.port(service)}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
