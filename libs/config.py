@@ -14,6 +14,15 @@ SERVICE_PORTS: dict[str, int] = {
     "task": 50055,
 }
 
+# The PostgreSQL schema each service owns (DESIGN §5).
+SERVICE_SCHEMAS: dict[str, str] = {
+    "auth": "auth",
+    "user": "users",
+    "document": "documents",
+    "llm": "llm",
+    "task": "tasks",
+}
+
 
 class Settings(BaseSettings):
     """Everything a Folio process reads from its environment."""

@@ -1,0 +1,1 @@
+"""Folio's REST gateway: routes, JSON and docs come from the upstreams' reflected descriptors."""

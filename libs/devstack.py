@@ -1,0 +1,222 @@
+"""``folio dev``: embedded engines, migrations, and every process with prefixed logs."""
+
+import importlib.util
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from libs.config import SERVICE_PORTS, SERVICE_SCHEMAS, Settings
+from libs.embedded import start_postgres, start_redis
+from libs.migrations import migrate_all
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+DEV_STATE_FILE = "dev.json"
+
+
+def available_services() -> list[str]:
+    """The services of this checkout that have a server, in start order."""
+    return [n for n in SERVICE_PORTS if importlib.util.find_spec(f"services.{n}.server")]
+
+
+def migration_targets() -> list[tuple[str, Path]]:
+    """(schema, migrations directory) for every service that has migrations."""
+    targets = []
+    for name in SERVICE_PORTS:
+        directory = ROOT / "services" / name / "migrations"
+        if directory.is_dir():
+            targets.append((SERVICE_SCHEMAS[name], directory))
+    return targets
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    buffer: bytes = field(default=b"")
+
+
+@contextmanager
+def backing_services(settings: Settings) -> Iterator[dict[str, str]]:
+    """PostgreSQL and Redis URLs: the configured ones, else embedded engines in data_dir."""
+    env: dict[str, str] = {}
+    stops = []
+    try:
+        if settings.database_url:
+            env["FOLIO_DATABASE_URL"] = settings.database_url
+        else:
+            postgres = start_postgres(settings.data_dir)
+            stops.append(postgres.stop)
+            env["FOLIO_DATABASE_URL"] = postgres.url
+        if settings.redis_url:
+            env["FOLIO_REDIS_URL"] = settings.redis_url
+        else:
+            redis = start_redis(settings.data_dir)
+            stops.append(redis.stop)
+            env["FOLIO_REDIS_URL"] = redis.url
+        yield env
+    finally:
+        for stop in reversed(stops):
+            with suppress(Exception):
+                stop()
+
+
+def _wait_healthy(address: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            with suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            time.sleep(0.2)
+    return False
+
+
+class Supervisor:
+    """Runs child processes, prefixes their output, and stops them all on a signal."""
+
+    def __init__(self, children: list[Child], env: dict[str, str]) -> None:
+        self.children = children
+        self.env = env
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+
+    def start(self) -> None:
+        for child in self.children:
+            # Own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
+            child.process = subprocess.Popen(
+                child.args,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            assert child.process.stdout is not None
+            os.set_blocking(child.process.stdout.fileno(), False)
+            self.selector.register(child.process.stdout, selectors.EVENT_READ, child)
+
+    def pump(self, timeout: float) -> None:
+        """Copy whatever the children printed, one prefixed line at a time."""
+        width = max(len(c.name) for c in self.children)
+        for key, _ in self.selector.select(timeout):
+            child: Child = key.data
+            chunk = key.fileobj.read()  # type: ignore[union-attr]
+            if not chunk:
+                self.selector.unregister(key.fileobj)
+                continue
+            child.buffer += chunk
+            *lines, child.buffer = child.buffer.split(b"\n")
+            for line in lines:
+                sys.stdout.write(f"{child.name:<{width}} | {line.decode(errors='replace')}\n")
+        sys.stdout.flush()
+
+    def exited(self) -> Child | None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return child
+        return None
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM every child (they drain), then SIGKILL whatever outlives the grace period."""
+        for child in reversed(self.children):
+            if child.process and child.process.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            c.process and c.process.poll() is None for c in self.children
+        ):
+            self.pump(0.1)
+        for child in self.children:
+            if child.process:
+                with suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        self.pump(0)
+
+
+def run_dev(settings: Settings) -> int:
+    """Start everything on embedded defaults and supervise it until Ctrl-C or SIGTERM."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = settings.data_dir.resolve()
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with backing_services(settings) as urls:
+        applied = migrate_all(urls["FOLIO_DATABASE_URL"], migration_targets())
+        for schema, files in applied.items():
+            for name in files:
+                print(f"migrated {schema}: {name}", flush=True)
+        env = {**os.environ, **urls, "FOLIO_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "libs.cli"]
+        children = [Child(name, [*cli, "serve", name]) for name in available_services()]
+        if _has_module("gateway.server"):
+            children.append(Child("gateway", [*cli, "gateway"]))
+        if _has_module("libs.worker"):
+            children.append(Child("worker", [*cli, "worker"]))
+        state_file = data_dir / DEV_STATE_FILE
+        state_file.write_text(json.dumps(urls))
+        supervisor = Supervisor(children, env)
+        try:
+            supervisor.start()
+            for name in available_services():
+                if not _wait_healthy(settings.address(name), timeout=30):
+                    print(f"{name} did not become healthy", file=sys.stderr, flush=True)
+            print(
+                f"\nFolio is running: http://127.0.0.1:{settings.gateway_port}"
+                f"  (gRPC: {', '.join(f'{n} {settings.address(n)}' for n in available_services())})\n"
+                "Get a token with: folio token mint --email you@example.com [--premium]\n"
+                "Stop with Ctrl-C.\n",
+                flush=True,
+            )
+            while not stop_requested:
+                supervisor.pump(0.2)
+                dead = supervisor.exited()
+                if dead is not None:
+                    assert dead.process is not None
+                    print(f"{dead.name} exited with {dead.process.returncode}; stopping", flush=True)
+                    break
+        finally:
+            print("stopping Folio...", flush=True)
+            supervisor.stop(settings.grace_period_seconds + 2)
+            with suppress(FileNotFoundError):
+                state_file.unlink()
+    print("stopped", flush=True)
+    return 0 if stop_requested or not children else 1
+
+
+def dev_database_url(settings: Settings) -> str | None:
+    """The database of the configured settings, else of a running ``folio dev``."""
+    if settings.database_url:
+        return settings.database_url
+    state_file = settings.data_dir / DEV_STATE_FILE
+    if state_file.exists():
+        url: str = json.loads(state_file.read_text())["FOLIO_DATABASE_URL"]
+        return url
+    return None

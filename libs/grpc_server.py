@@ -1,0 +1,124 @@
+"""gRPC server bootstrap: interceptors, health per service, reflection, graceful SIGTERM drain."""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from libs.access import RoleLoader
+from libs.config import Settings
+from libs.db import Database
+from libs.interceptors import (
+    AccessInterceptor,
+    DbSessionInterceptor,
+    ErrorInterceptor,
+    RequestContextInterceptor,
+)
+from libs.secrets import load_secrets
+from libs.tokens import (
+    AccessTokenVerifier,
+    JwksCache,
+    configure_default_verifier,
+    jwks_fetcher_from_secrets,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """A servicer with its generated ``add_..._to_server`` and its full service name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    implementation: object
+    full_name: str
+
+
+@dataclass(frozen=True)
+class Security:
+    """What every server needs to authenticate callers."""
+
+    verifier: AccessTokenVerifier
+    internal_token_key: str
+
+
+def build_security(settings: Settings) -> Security:
+    """The access-token verifier (also behind ``decode_token``) and the internal token key."""
+    secrets = load_secrets(settings)
+    keys = JwksCache(jwks_fetcher_from_secrets(settings), ttl=settings.jwks_ttl_seconds)
+    verifier = AccessTokenVerifier(
+        keys,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        leeway=settings.token_leeway_seconds,
+    )
+    configure_default_verifier(verifier)
+    return Security(verifier=verifier, internal_token_key=secrets.internal_token_key)
+
+
+class GrpcServer:
+    """One Folio service process: its servicers behind the shared interceptors."""
+
+    def __init__(
+        self,
+        name: str,
+        servicers: Sequence[Servicer],
+        *,
+        security: Security,
+        roles: RoleLoader,
+        database: Database | None = None,
+        grace_period: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.grace_period = grace_period
+        self.service_names = [s.full_name for s in servicers]
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RequestContextInterceptor(),
+            ErrorInterceptor(name),
+            AccessInterceptor(name, security.verifier, security.internal_token_key, roles),
+        ]
+        if database is not None:
+            interceptors.append(DbSessionInterceptor(database))
+        self.server = grpc.aio.server(interceptors=interceptors)
+        for servicer in servicers:
+            servicer.add_to_server(servicer.implementation, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+
+    def bind(self, address: str) -> int:
+        """Listen on ``address`` (``host:0`` picks a free port); returns the port."""
+        port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        return port
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ["", *self.service_names]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, then let in-flight RPCs finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_period)
+
+    async def serve_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        log.info("serving %s", ", ".join(self.service_names))
+        await stop.wait()
+        log.info("stopping: draining in-flight calls for up to %.0f s", self.grace_period)
+        await self.stop()

@@ -1,0 +1,115 @@
+"""Enforces each RPC's declared access level (PUBLIC, USER, PREMIUM, ADMIN, INTERNAL)."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import jwt
+
+from libs import access
+from libs.access import Principal, RoleLoader, principal_var
+from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
+from libs.interceptors.base import AroundInterceptor
+from libs.interceptors.request_context import metadata_value
+from libs.tokens import SERVICE_TOKEN_TYPE, AccessTokenVerifier, InvalidToken, verify_service_token
+
+ON_BEHALF_OF_KEY = "x-folio-on-behalf-of"
+
+
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` header, if any."""
+    header = metadata_value(context, "authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _is_service_token(token: str) -> bool:
+    try:
+        return jwt.get_unverified_header(token).get("typ") == SERVICE_TOKEN_TYPE
+    except jwt.PyJWTError:
+        return False
+
+
+class AccessInterceptor(AroundInterceptor):
+    """Authenticates the caller, checks the method's level, and sets the principal."""
+
+    def __init__(
+        self,
+        service: str,
+        verifier: AccessTokenVerifier,
+        internal_token_key: str,
+        roles: RoleLoader,
+    ) -> None:
+        self.service = service
+        self.verifier = verifier
+        self.internal_token_key = internal_token_key
+        self.roles = roles
+
+    @asynccontextmanager
+    async def around(
+        self, context: grpc.aio.ServicerContext[Any, Any], method_name: str
+    ) -> AsyncIterator[None]:
+        principal = await self.authenticate(access.method_access(method_name), context)
+        token = principal_var.set(principal)
+        try:
+            yield
+        finally:
+            principal_var.reset(token)
+
+    async def authenticate(
+        self, level: int, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Principal:
+        """The principal of this call, or an error when it may not call a method of ``level``."""
+        token = bearer_token(context)
+        if level == access.PUBLIC:
+            return await self._optional_user(token)
+        if token is None:
+            raise Unauthenticated("missing bearer token")
+        if level == access.INTERNAL:
+            return self._service(token, context)
+        if _is_service_token(token):
+            principal = self._service(token, context)
+            if principal.user_id is None:
+                raise Unauthenticated(f"a service call needs {ON_BEHALF_OF_KEY}")
+        else:
+            principal = await self._user(token)
+        if level in (access.PREMIUM, access.ADMIN):
+            await self._check_roles(level, principal)
+        return principal
+
+    async def _user(self, token: str) -> Principal:
+        try:
+            claims = await self.verifier.verify(token)
+        except InvalidToken as error:
+            raise Unauthenticated("invalid access token") from error
+        return Principal(user_id=claims.user_id, session_id=claims.session_id)
+
+    async def _optional_user(self, token: str | None) -> Principal:
+        if token is None or _is_service_token(token):
+            return access.ANONYMOUS
+        try:
+            return await self._user(token)
+        except Unauthenticated:
+            return access.ANONYMOUS
+
+    def _service(self, token: str, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        try:
+            claims = verify_service_token(token, self.internal_token_key, audience=self.service)
+        except InvalidToken as error:
+            raise Unauthenticated("a valid service token is required") from error
+        return Principal(
+            service=claims.caller, user_id=metadata_value(context, ON_BEHALF_OF_KEY) or None
+        )
+
+    async def _check_roles(self, level: int, principal: Principal) -> None:
+        assert principal.user_id is not None
+        roles = await self.roles(principal.user_id)
+        if roles is None:
+            raise Unauthenticated("the user no longer exists")
+        if level == access.ADMIN and not roles.is_admin:
+            raise PermissionDenied("this method is for administrators", reason="ADMIN_REQUIRED")
+        if level == access.PREMIUM and not (roles.is_premium or roles.is_admin):
+            raise PremiumRequired("this method needs a premium account")

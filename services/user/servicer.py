@@ -1,0 +1,100 @@
+"""UserService: proto <-> domain translation only."""
+
+from typing import Any
+
+import grpc
+from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from libs.access import current_user_id
+from libs.db import current_session
+from libs.errors import InvalidArgument
+from services.user import handlers
+from services.user.models import User
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_proto(user: User) -> user_pb2.User:
+    return user_pb2.User(
+        id=user.id,
+        email=user.email,
+        display_name=user.display_name,
+        picture_url=user.picture_url,
+        is_premium=user.is_premium,
+        is_admin=user.is_admin,
+        created_at=_timestamp(user.created_at),
+        updated_at=_timestamp(user.updated_at),
+    )
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str]:
+    paths = list(request.update_mask.paths)
+    if not paths:
+        paths = [f for f in handlers.EDITABLE_FIELDS if getattr(request.user, f)]
+    if not paths:
+        raise InvalidArgument("nothing to update", field_violations={"update_mask": "empty"})
+    unknown = {p: "not a field of User" for p in paths if p not in user_pb2.User.DESCRIPTOR.fields_by_name}
+    if unknown:
+        raise InvalidArgument("unknown field in update_mask", field_violations=unknown)
+    return {path: getattr(request.user, path) for path in paths}
+
+
+class UserService(user_service_pb2_grpc.UserServiceServicer):
+    """Users, their profile and options."""
+
+    async def GetMe(
+        self, request: user_service_pb2.GetMeRequest, context: Context
+    ) -> user_service_pb2.GetMeResponse:
+        user = await handlers.get_user(current_session(), current_user_id())
+        return user_service_pb2.GetMeResponse(user=to_proto(user))
+
+    async def UpdateMe(
+        self, request: user_service_pb2.UpdateMeRequest, context: Context
+    ) -> user_service_pb2.UpdateMeResponse:
+        changes = _profile_changes(request)
+        user = await handlers.update_profile(current_session(), current_user_id(), changes)
+        return user_service_pb2.UpdateMeResponse(user=to_proto(user))
+
+    async def GetOptions(
+        self, request: user_service_pb2.GetOptionsRequest, context: Context
+    ) -> user_service_pb2.GetOptionsResponse:
+        user = await handlers.get_user(current_session(), current_user_id())
+        return user_service_pb2.GetOptionsResponse(options=_struct(user.options))
+
+    async def UpdateOptions(
+        self, request: user_service_pb2.UpdateOptionsRequest, context: Context
+    ) -> user_service_pb2.UpdateOptionsResponse:
+        patch = json_format.MessageToDict(request.patch)
+        options = await handlers.update_options(current_session(), current_user_id(), patch)
+        return user_service_pb2.UpdateOptionsResponse(options=_struct(options))
+
+    async def GetUser(
+        self, request: user_service_pb2.GetUserRequest, context: Context
+    ) -> user_service_pb2.GetUserResponse:
+        user = await handlers.get_user(current_session(), request.user_id)
+        return user_service_pb2.GetUserResponse(user=to_proto(user))
+
+    async def UpsertGoogleUser(
+        self, request: user_service_pb2.UpsertGoogleUserRequest, context: Context
+    ) -> user_service_pb2.UpsertGoogleUserResponse:
+        user, created = await handlers.upsert_google_user(
+            current_session(),
+            google_sub=request.google_sub,
+            email=request.email,
+            display_name=request.display_name,
+            picture_url=request.picture_url,
+        )
+        return user_service_pb2.UpsertGoogleUserResponse(user=to_proto(user), created=created)
