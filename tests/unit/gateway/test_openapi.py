@@ -1,0 +1,92 @@
+"""The OpenAPI document generated from the route table."""
+
+from typing import Any
+
+import pytest
+from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+
+from gateway.openapi import build_openapi, downgrade_to_30
+from gateway.routes import RouteTable
+
+
+@pytest.fixture(scope="module")
+def document(table: RouteTable) -> dict[str, Any]:
+    return build_openapi(table)
+
+
+def test_document_is_valid_openapi_31(document: dict[str, Any]) -> None:
+    assert document["openapi"] == "3.1.0"
+    OpenAPIV31SpecValidator(document).validate()
+
+
+def test_docs_rendering_is_valid_openapi_30(document: dict[str, Any]) -> None:
+    downgraded = downgrade_to_30(document)
+    assert downgraded["openapi"] == "3.0.3"
+    OpenAPIV30SpecValidator(downgraded).validate()
+
+
+def test_paths_and_methods_come_from_the_bindings(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    assert set(paths["/v1/{name}"]) == {"get", "delete"}
+    assert set(paths["/v1/{book.name}"]) == {"patch"}
+    assert set(paths["/v1/books/{name}"]) == {"get"}
+    assert set(paths["/v1/echo"]) == {"get", "post"}
+    assert "/v1/purge" not in paths
+    assert "/v1/undeclared" not in paths
+
+
+def test_success_codes_follow_the_method_option(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    assert "201" in paths["/v1/{parent}/books"]["post"]["responses"]
+    assert "202" in paths["/v1/{name}:archive"]["post"]["responses"]
+    deleted = paths["/v1/{name}"]["delete"]["responses"]["204"]
+    assert "content" not in deleted
+
+
+def test_errors_use_the_aip193_schema(document: dict[str, Any]) -> None:
+    responses = document["paths"]["/v1/whoami"]["get"]["responses"]
+    assert responses["401"] == {"$ref": "#/components/responses/E401"}
+    e401 = document["components"]["responses"]["E401"]
+    assert "WWW-Authenticate" in e401["headers"]
+    schema = e401["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    error = document["components"]["schemas"][schema]
+    assert error["properties"]["error"]["required"] == ["code", "status", "message", "details"]
+
+
+def test_security_follows_the_access_level(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    assert paths["/v1/whoami"]["get"]["security"] == [{"bearer": []}]
+    assert paths["/v1/echo"]["post"]["security"] == []
+    archive = paths["/v1/{name}:archive"]["post"]
+    assert archive["x-folio-access"] == "PREMIUM"
+    assert {"401", "402", "403"} <= set(archive["responses"])
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_query_parameters_exclude_path_and_body_fields(document: dict[str, Any]) -> None:
+    listing = document["paths"]["/v1/{parent}/books"]["get"]["parameters"]
+    names = {p["name"]: p for p in listing}
+    assert names["parent"]["in"] == "path"
+    assert {"page_size", "filter.author", "filter.genres", "filter.min_pages", "tags"} <= set(names)
+    assert names["tags"]["schema"] == {"type": "array", "items": {"type": "string"}}
+    create = document["paths"]["/v1/{parent}/books"]["post"]["parameters"]
+    assert {p["name"] for p in create} == {"parent", "book_id"}
+
+
+def test_schemas_use_proto_names_and_int64_strings(document: dict[str, Any]) -> None:
+    book = document["components"]["schemas"]["gwtest.v1.Book"]
+    assert book["additionalProperties"] is False
+    assert book["properties"]["page_count"]["type"] == "string"
+    assert book["properties"]["published_at"] == {"type": "string", "format": "date-time"}
+    assert book["properties"]["genre"]["enum"][1] == "GENRE_FICTION"
+
+
+def test_server_streams_offer_sse_and_ndjson(document: dict[str, Any]) -> None:
+    stream = document["paths"]["/v1/{parent}/books:stream"]["get"]["responses"]["200"]
+    assert set(stream["content"]) == {"text/event-stream", "application/x-ndjson"}
+
+
+def test_response_body_narrows_the_schema(document: dict[str, Any]) -> None:
+    listing = document["paths"]["/v1/{parent}/books"]["get"]["responses"]["200"]
+    schema = listing["content"]["application/json"]["schema"]
+    assert schema == {"type": "array", "items": {"$ref": "#/components/schemas/gwtest.v1.Book"}}
