@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from folio.api.v1 import annotations_pb2
 from google.protobuf import descriptor_pool
 
+from folio.api.v1 import annotations_pb2
 from libs.errors import Unauthenticated
 
 PUBLIC = annotations_pb2.ACCESS_PUBLIC

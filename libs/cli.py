@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import sys
 
@@ -65,9 +66,7 @@ def _mint(settings: Settings, args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="folio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser("dev", help="start everything on embedded defaults").set_defaults(
-        run=_dev
-    )
+    commands.add_parser("dev", help="start everything on embedded defaults").set_defaults(run=_dev)
     serve = commands.add_parser("serve", help="run one gRPC service")
     serve.add_argument("service", choices=sorted(SERVICE_PORTS))
     serve.set_defaults(run=_serve)
@@ -87,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    faulthandler.enable()
     args = parser().parse_args(argv)
     sys.exit(args.run(get_settings(), args))
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     llm_port: int = SERVICE_PORTS["llm"]
     task_port: int = SERVICE_PORTS["task"]
     gateway_port: int = 8080
+    # Where to reach each service when it is not service_host:port (e.g. "user:50052").
+    auth_addr: str | None = None
+    user_addr: str | None = None
+    document_addr: str | None = None
+    llm_addr: str | None = None
+    task_addr: str | None = None
 
     grace_period_seconds: float = 10.0
     default_deadline_seconds: float = 10.0
@@ -69,7 +75,8 @@ class Settings(BaseSettings):
 
     def address(self, service: str) -> str:
         """The ``host:port`` other processes dial to reach ``service``."""
-        return f"{self.service_host}:{self.port(service)}"
+        configured: str | None = getattr(self, f"{service}_addr")
+        return configured or f"{self.service_host}:{self.port(service)}"
 
 
 @lru_cache

@@ -28,7 +28,7 @@ DEV_STATE_FILE = "dev.json"
 
 def available_services() -> list[str]:
     """The services of this checkout that have a server, in start order."""
-    return [n for n in SERVICE_PORTS if importlib.util.find_spec(f"services.{n}.server")]
+    return [n for n in SERVICE_PORTS if _has_module(f"services.{n}.server")]
 
 
 def migration_targets() -> list[tuple[str, Path]]:
@@ -188,9 +188,10 @@ def run_dev(settings: Settings) -> int:
             for name in available_services():
                 if not _wait_healthy(settings.address(name), timeout=30):
                     print(f"{name} did not become healthy", file=sys.stderr, flush=True)
+            grpc_addresses = ", ".join(f"{n} {settings.address(n)}" for n in available_services())
             print(
                 f"\nFolio is running: http://127.0.0.1:{settings.gateway_port}"
-                f"  (gRPC: {', '.join(f'{n} {settings.address(n)}' for n in available_services())})\n"
+                f"  (gRPC: {grpc_addresses})\n"
                 "Get a token with: folio token mint --email you@example.com [--premium]\n"
                 "Stop with Ctrl-C.\n",
                 flush=True,
@@ -200,7 +201,9 @@ def run_dev(settings: Settings) -> int:
                 dead = supervisor.exited()
                 if dead is not None:
                     assert dead.process is not None
-                    print(f"{dead.name} exited with {dead.process.returncode}; stopping", flush=True)
+                    print(
+                        f"{dead.name} exited with {dead.process.returncode}; stopping", flush=True
+                    )
                     break
         finally:
             print("stopping Folio...", flush=True)

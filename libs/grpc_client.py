@@ -32,7 +32,7 @@ RETRY_SERVICE_CONFIG = json.dumps(
 
 
 class _OutgoingMetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+    grpc.aio.UnaryUnaryClientInterceptor[Any, Any], grpc.aio.UnaryStreamClientInterceptor[Any, Any]
 ):
     """Adds the service token, request id and acting user, and a default deadline."""
 
@@ -74,6 +74,6 @@ def service_channel(
         settings.address(callee),
         options=[("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG)],
         interceptors=[
-            _OutgoingMetadataInterceptor(callee, tokens, settings.default_deadline_seconds)
+            _OutgoingMetadataInterceptor(callee, tokens, settings.default_deadline_seconds)  # type: ignore[list-item]
         ],
     )

@@ -45,6 +45,7 @@ class Security:
     """What every server needs to authenticate callers."""
 
     verifier: AccessTokenVerifier
+    keys: JwksCache
     internal_token_key: str
 
 
@@ -59,7 +60,7 @@ def build_security(settings: Settings) -> Security:
         leeway=settings.token_leeway_seconds,
     )
     configure_default_verifier(verifier)
-    return Security(verifier=verifier, internal_token_key=secrets.internal_token_key)
+    return Security(verifier=verifier, keys=keys, internal_token_key=secrets.internal_token_key)
 
 
 class GrpcServer:
@@ -76,9 +77,10 @@ class GrpcServer:
         grace_period: float = 10.0,
     ) -> None:
         self.name = name
+        self.security = security
         self.grace_period = grace_period
         self.service_names = [s.full_name for s in servicers]
-        interceptors: list[grpc.aio.ServerInterceptor] = [
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
             RequestContextInterceptor(),
             ErrorInterceptor(name),
             AccessInterceptor(name, security.verifier, security.internal_token_key, roles),
@@ -88,7 +90,7 @@ class GrpcServer:
         self.server = grpc.aio.server(interceptors=interceptors)
         for servicer in servicers:
             servicer.add_to_server(servicer.implementation, self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
@@ -102,6 +104,8 @@ class GrpcServer:
         return port
 
     async def start(self) -> None:
+        # Load the verification keys now, so even the sync decode_token works from the start.
+        await self.security.keys.refresh()
         await self.server.start()
         for service in ["", *self.service_names]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -35,7 +35,8 @@ def generate(out: Path) -> None:
     args += [f"--python_out={out}", f"--grpc_python_out={out}", f"--mypy_out={out}"]
     args += [f"--mypy_grpc_out={out}", *files]
     bindir = Path(sys.executable).parent
-    args += [f"--plugin=protoc-gen-{name}={bindir / f'protoc-gen-{name}'}" for name in ("mypy", "mypy_grpc")]
+    for plugin in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        args.append(f"--plugin={plugin}={bindir / plugin}")
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     for directory in [out / "folio", *(out / "folio").rglob("*")]:

@@ -27,9 +27,7 @@ def to_status(error: FolioError, domain: str) -> grpc.Status:
     """The rich gRPC status for a domain error: one ErrorInfo, plus BadRequest if any."""
     details = [
         _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=domain, metadata=error.metadata
-            )
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
         )
     ]
     if isinstance(error, InvalidArgument) and error.field_violations:
@@ -55,7 +53,7 @@ class ErrorInterceptor(AroundInterceptor):
         try:
             yield
         except FolioError as error:
-            await context.abort_with_status(to_status(error, self.domain))
+            await context.abort_with_status(to_status(error, self.domain))  # type: ignore[attr-defined]
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
@@ -63,8 +61,6 @@ class ErrorInterceptor(AroundInterceptor):
             internal = status_pb2.Status(
                 code=code_pb2.INTERNAL,
                 message="internal error",
-                details=[
-                    _pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=self.domain))
-                ],
+                details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=self.domain))],
             )
-            await context.abort_with_status(rpc_status.to_status(internal))
+            await context.abort_with_status(rpc_status.to_status(internal))  # type: ignore[attr-defined]

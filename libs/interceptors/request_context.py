@@ -36,6 +36,8 @@ class RequestContextInterceptor(AroundInterceptor):
         given = metadata_value(context, REQUEST_ID_KEY)
         request_id = given if given and _VALID_REQUEST_ID.match(given) else new_id()
         token = request_id_var.set(request_id)
+        # Read the peer now: grpc.aio crashes when peer() is called after a call was cancelled.
+        peer = context.peer()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -51,7 +53,7 @@ class RequestContextInterceptor(AroundInterceptor):
                     "method": method_name,
                     "code": code.name if isinstance(code, grpc.StatusCode) else str(code),
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "peer": context.peer(),
+                    "peer": peer,
                 },
             )
             request_id_var.reset(token)

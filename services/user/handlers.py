@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Table, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
@@ -87,7 +87,7 @@ async def update_options(
     user.options = options
     flag_modified(user, "options")
     await session.flush()
-    return options
+    return user.options
 
 
 async def upsert_google_user(
@@ -95,11 +95,14 @@ async def upsert_google_user(
 ) -> tuple[User, bool]:
     """Create the user of this Google subject or refresh their e-mail, in one statement."""
     violations = {
-        field: "required" for field, value in (("google_sub", google_sub), ("email", email)) if not value
+        field: "required"
+        for field, value in (("google_sub", google_sub), ("email", email))
+        if not value
     }
     if violations:
         raise InvalidArgument("google_sub and email are required", field_violations=violations)
     table = User.__table__
+    assert isinstance(table, Table)
     statement = insert(table).values(
         id=new_id(),
         google_sub=google_sub,
@@ -108,17 +111,21 @@ async def upsert_google_user(
         picture_url=picture_url[:MAX_URL],
     )
     excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
+    upsert = statement.on_conflict_do_update(
         index_elements=[table.c.google_sub],
         set_={
             "email": excluded.email,
             # A name or picture the user chose is theirs; Google's only fills blanks.
-            "display_name": func.coalesce(func.nullif(table.c.display_name, ""), excluded.display_name),
-            "picture_url": func.coalesce(func.nullif(table.c.picture_url, ""), excluded.picture_url),
+            "display_name": func.coalesce(
+                func.nullif(table.c.display_name, ""), excluded.display_name
+            ),
+            "picture_url": func.coalesce(
+                func.nullif(table.c.picture_url, ""), excluded.picture_url
+            ),
             "updated_at": func.now(),
         },
     ).returning(table.c.id, literal_column("(xmax = 0)").label("created"))
-    row = (await session.execute(statement)).one()
+    row = (await session.execute(upsert)).one()
     user = await session.get(User, row.id, populate_existing=True)
     assert user is not None
     return user, bool(row.created)

@@ -3,7 +3,6 @@
 import asyncio
 
 from folio.user.v1 import user_service_pb2, user_service_pb2_grpc
-
 from libs.access import CachedRoles
 from libs.config import Settings, get_settings
 from libs.db import Database

@@ -3,9 +3,9 @@
 from typing import Any
 
 import grpc
-from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from libs.access import current_user_id
 from libs.db import current_session
 from libs.errors import InvalidArgument
@@ -46,7 +46,9 @@ def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str
         paths = [f for f in handlers.EDITABLE_FIELDS if getattr(request.user, f)]
     if not paths:
         raise InvalidArgument("nothing to update", field_violations={"update_mask": "empty"})
-    unknown = {p: "not a field of User" for p in paths if p not in user_pb2.User.DESCRIPTOR.fields_by_name}
+    unknown = {
+        p: "not a field of User" for p in paths if p not in user_pb2.User.DESCRIPTOR.fields_by_name
+    }
     if unknown:
         raise InvalidArgument("unknown field in update_mask", field_violations=unknown)
     return {path: getattr(request.user, path) for path in paths}

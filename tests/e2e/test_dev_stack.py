@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.fixtures.engines import postgres_data_dir, replace_database
 
-from tests.fixtures.engines import replace_database
 from tests.fixtures.processes import BIN, free_port, processes_with_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,10 +46,16 @@ class DevStack:
 
 
 @pytest.fixture
-def dev_stack(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Iterator[DevStack]:
-    data_dir = tmp_path / "data"
-    ports = {f"FOLIO_{name.upper()}_PORT": str(free_port()) for name in
-             ("auth", "user", "document", "llm", "task", "gateway")}
+def dev_stack(postgres_server_url: str, redis_url: str) -> Iterator[DevStack]:
+    with postgres_data_dir() as data_dir:
+        yield from _dev_stack(data_dir, postgres_server_url, redis_url)
+
+
+def _dev_stack(data_dir: Path, postgres_server_url: str, redis_url: str) -> Iterator[DevStack]:
+    ports = {
+        f"FOLIO_{name.upper()}_PORT": str(free_port())
+        for name in ("auth", "user", "document", "llm", "task", "gateway")
+    }
     env = {**os.environ, **ports, "FOLIO_DATA_DIR": str(data_dir)}
     # With the machine's engines configured, use them; otherwise `folio dev` starts its own.
     if os.environ.get("FOLIO_TEST_DATABASE_URL"):
@@ -81,7 +87,9 @@ def dev_stack(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Itera
 
 def test_folio_dev_serves_the_user_service_and_stops_cleanly(dev_stack: DevStack) -> None:
     def listed() -> bool:
-        return "folio.user.v1.UserService" in dev_stack.grpcurl(dev_stack.user_address, "list").stdout
+        return (
+            "folio.user.v1.UserService" in dev_stack.grpcurl(dev_stack.user_address, "list").stdout
+        )
 
     wait_until(listed, timeout=90, what="the user service to be listed by grpcurl")
     services = dev_stack.grpcurl(dev_stack.user_address, "list").stdout.split()
@@ -102,14 +110,20 @@ def test_folio_dev_serves_the_user_service_and_stops_cleanly(dev_stack: DevStack
     assert "Unauthenticated" in anonymous.stderr
 
     patched = dev_stack.grpcurl(
-        "-d", '{"patch": {"theme": "dark", "lang": "fr"}}', dev_stack.user_address,
-        "folio.user.v1.UserService/UpdateOptions", token=token,
+        "-d",
+        '{"patch": {"theme": "dark", "lang": "fr"}}',
+        dev_stack.user_address,
+        "folio.user.v1.UserService/UpdateOptions",
+        token=token,
     )
     assert patched.returncode == 0, patched.stderr
     assert json.loads(patched.stdout)["options"] == {"theme": "dark", "lang": "fr"}
     unset = dev_stack.grpcurl(
-        "-d", '{"patch": {"theme": null}}', dev_stack.user_address,
-        "folio.user.v1.UserService/UpdateOptions", token=token,
+        "-d",
+        '{"patch": {"theme": null}}',
+        dev_stack.user_address,
+        "folio.user.v1.UserService/UpdateOptions",
+        token=token,
     )
     assert json.loads(unset.stdout)["options"] == {"lang": "fr"}
 

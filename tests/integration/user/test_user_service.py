@@ -5,12 +5,12 @@ from typing import Any
 
 import grpc
 import pytest
-from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from tests.fixtures.services import RunningService
 
 pytestmark = pytest.mark.asyncio
@@ -99,9 +99,7 @@ async def test_get_me_without_a_valid_token_is_unauthenticated(
     stub: Any, token: str | None
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetMe(
-            user_service_pb2.GetMeRequest(), metadata=bearer(token) if token else None
-        )
+        await stub.GetMe(user_service_pb2.GetMeRequest(), metadata=bearer(token) if token else None)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     info = error_details(caught.value)["ErrorInfo"]
     assert info.reason == "INVALID_TOKEN"
