@@ -174,6 +174,8 @@ def run_dev(settings: Settings) -> int:
             for name in files:
                 print(f"migrated {schema}: {name}", flush=True)
         env = {**os.environ, **urls, "FOLIO_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+        # The gateway polls only the services this checkout runs.
+        env.setdefault("FOLIO_GATEWAY_UPSTREAMS", json.dumps(available_services()))
         cli = [sys.executable, "-m", "libs.cli"]
         children = [Child(name, [*cli, "serve", name]) for name in available_services()]
         if _has_module("gateway.server"):

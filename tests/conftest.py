@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.services"]
+pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.services", "tests.fixtures.stack"]
