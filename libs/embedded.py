@@ -20,7 +20,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry

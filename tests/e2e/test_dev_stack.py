@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.fixtures.engines import postgres_data_dir, replace_database
 
+from tests.fixtures.engines import postgres_data_dir, replace_database
 from tests.fixtures.processes import BIN, free_port, processes_with_env, wait_until
 
 pytestmark = pytest.mark.e2e

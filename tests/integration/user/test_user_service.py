@@ -40,7 +40,7 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 
 async def upsert(
-    svc: RunningService, stub: user_service_pb2_grpc.UserServiceStub, sub: str, email: str
+    svc: RunningService, stub: Any, sub: str, email: str
 ) -> user_service_pb2.UpsertGoogleUserResponse:
     response: user_service_pb2.UpsertGoogleUserResponse = await stub.UpsertGoogleUser(
         user_service_pb2.UpsertGoogleUserRequest(
