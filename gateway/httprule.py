@@ -55,6 +55,7 @@ class PathTemplate:
     variables: tuple[Variable, ...]
     # The whole path when the template has no variable or wildcard: an O(1) dict key.
     literal: str | None
+    verb: str | None
     # Sort key: more literal segments first, then a verb, then fewer multi-segment captures.
     specificity: tuple[int, int, int, int]
     openapi_path: str
@@ -137,7 +138,8 @@ def parse_template(template: str) -> PathTemplate:
             wildcards += 1
             multi += spans
             parts.append(f"(?P<{group}>{pattern})")
-            openapi.append("{" + field + "}")
+            # Dots break OpenAPI tooling that formats path templates; the name is only a label.
+            openapi.append("{" + field.replace(".", "_") + "}")
         else:
             if segment.startswith("{") or segment.endswith("}"):
                 raise TemplateError(f"bad variable {segment!r}")
@@ -164,6 +166,7 @@ def parse_template(template: str) -> PathTemplate:
         regex=regex,
         variables=tuple(variables),
         literal=literal,
+        verb=verb,
         specificity=(-literals, 0 if verb else 1, multi, -len(parts)),
         openapi_path="/" + "/".join(openapi) + suffix,
     )

@@ -1,6 +1,7 @@
 """OpenAPI 3.1 generated from the live route table (and a 3.0 rendering for Swagger UI 4)."""
 
 import copy
+import re
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
@@ -12,6 +13,7 @@ from gateway.transcode import SCALAR_WKT, WKT_PREFIX
 
 FD = descriptor.FieldDescriptor
 REF = "#/components/schemas/"
+_PLACEHOLDER = re.compile(r"\{([^}]+)\}")
 ERROR_SCHEMA = "google.rpc.Status.AIP193"
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -23,6 +25,23 @@ FLOAT_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]
 }
 
+# proto3 JSON writes 64-bit integers as strings so JavaScript does not round them; a
+# client may send either form.
+INT64_SCHEMA: dict[str, Any] = {
+    "description": "A 64-bit integer: always written as a string, read as a string or number.",
+    "anyOf": [
+        {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+    ],
+}
+UINT64_SCHEMA: dict[str, Any] = {
+    "description": "An unsigned 64-bit integer: written as a string, read as a string or number.",
+    "anyOf": [
+        {"type": "string", "pattern": "^[0-9]{1,20}$"},
+        {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+    ],
+}
+
 _SCALARS: dict[int, dict[str, Any]] = {
     FD.TYPE_DOUBLE: FLOAT_SCHEMA,
     FD.TYPE_FLOAT: FLOAT_SCHEMA,
@@ -31,12 +50,11 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FD.TYPE_SFIXED32: {"type": "integer", "format": "int32", **INT32_RANGE},
     FD.TYPE_UINT32: {"type": "integer", "format": "int64", **UINT32_RANGE},
     FD.TYPE_FIXED32: {"type": "integer", "format": "int64", **UINT32_RANGE},
-    # proto3 JSON writes 64-bit integers as strings so JavaScript does not round them.
-    FD.TYPE_INT64: {"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"},
-    FD.TYPE_SINT64: {"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"},
-    FD.TYPE_SFIXED64: {"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"},
-    FD.TYPE_UINT64: {"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"},
-    FD.TYPE_FIXED64: {"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"},
+    FD.TYPE_INT64: INT64_SCHEMA,
+    FD.TYPE_SINT64: INT64_SCHEMA,
+    FD.TYPE_SFIXED64: INT64_SCHEMA,
+    FD.TYPE_UINT64: UINT64_SCHEMA,
+    FD.TYPE_FIXED64: UINT64_SCHEMA,
     FD.TYPE_BOOL: {"type": "boolean"},
     FD.TYPE_STRING: {"type": "string"},
     FD.TYPE_BYTES: {"type": "string", "format": "byte", "contentEncoding": "base64"},
@@ -161,24 +179,48 @@ def _query_fields(
             yield from _query_fields(nested, name + ".", depth + 1)
 
 
-def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
+def _placeholders(openapi_path: str) -> list[str]:
+    return _PLACEHOLDER.findall(openapi_path)
+
+
+def _field_at(desc: descriptor.Descriptor, path: tuple[str, ...]) -> descriptor.FieldDescriptor:
+    fd: descriptor.FieldDescriptor | None = None
+    current: descriptor.Descriptor | None = desc
+    for part in path:
+        fd = current.fields_by_name[part] if current is not None else None
+        current = fd.message_type if fd is not None else None
+    assert fd is not None
+    return fd
+
+
+def _parameters(route: Route, schemas: _Schemas, names: dict[str, str]) -> list[dict[str, Any]]:
+    """Path then query parameters; ``names`` renames path placeholders to the shared path's."""
     params: list[dict[str, Any]] = []
     request = route.method.input_type
     for variable in route.template.variables:
-        fd: descriptor.FieldDescriptor | None = None
-        desc: descriptor.Descriptor | None = request
-        for part in variable.field_path:
-            fd = desc.fields_by_name[part] if desc is not None else None
-            desc = fd.message_type if fd is not None else None
-        assert fd is not None
-        schema = schemas.single(fd)
+        schema = schemas.single(_field_at(request, variable.field_path))
         if variable.pattern != "[^/]+":
             schema["description"] = f"Matches {variable.pattern} (slashes may be sent as-is)."
-        params.append({"name": variable.name, "in": "path", "required": True, "schema": schema})
-    for index, _ in enumerate(p for p in route.template.openapi_path.split("/") if "{_w" in p):
+        own = variable.name.replace(".", "_")
         params.append(
-            {"name": f"_w{index + 1}", "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": names.get(own, own),
+                "in": "path",
+                "required": True,
+                "schema": schema,
+                "x-folio-field": variable.name,
+            }
         )
+    for own in _placeholders(route.template.openapi_path):
+        if own.startswith("_w"):
+            params.append(
+                {
+                    "name": names.get(own, own),
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            )
     if route.body == "*":
         return params
     body_name = route.body_field.name if route.body_field is not None else None
@@ -201,22 +243,37 @@ def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     return params
 
 
+def _without_bound(
+    desc: descriptor.Descriptor, bound: list[tuple[str, ...]], schemas: _Schemas
+) -> dict[str, Any]:
+    """``desc``'s schema minus the fields the URL path binds (they are not body fields)."""
+    if not bound:
+        return schemas.message(desc)
+    properties: dict[str, Any] = {}
+    for fd in desc.fields:
+        inner = [path[1:] for path in bound if path[0] == fd.name]
+        if any(not rest for rest in inner):
+            continue
+        if inner and fd.message_type is not None:
+            properties[fd.name] = _without_bound(fd.message_type, inner, schemas)
+        else:
+            properties[fd.name] = schemas.field(fd)
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
 def _request_body(route: Route, schemas: _Schemas) -> dict[str, Any] | None:
     if not route.body:
         return None
-    if route.body_field is not None:
-        schema = schemas.field(route.body_field)
+    bound = [v.field_path for v in route.template.variables]
+    body_field = route.body_field
+    if body_field is None:
+        schema = _without_bound(route.method.input_type, bound, schemas)
     else:
-        request = route.method.input_type
-        schema = {
-            "type": "object",
-            "properties": {
-                fd.name: schemas.field(fd)
-                for fd in request.fields
-                if fd.name not in route.path_fields
-            },
-            "additionalProperties": False,
-        }
+        inner = [path[1:] for path in bound if path[0] == body_field.name and path[1:]]
+        if inner and body_field.message_type is not None and not body_field.is_repeated:
+            schema = _without_bound(body_field.message_type, inner, schemas)
+        else:
+            schema = schemas.field(body_field)
     return {"required": False, "content": {JSON: {"schema": schema}}}
 
 
@@ -305,7 +362,14 @@ def build_openapi(
     schemas = _Schemas()
     paths: dict[str, Any] = _gateway_paths()
     operation_ids: dict[str, int] = {}
+    # Templates that match the same URLs share one path item (and so one Allow list), even
+    # when their variables have different names; the first one names the placeholders.
+    shared: dict[str, str] = {}
     for route in table.routes:
+        path = shared.setdefault(route.template.regex.pattern, route.template.openapi_path)
+        names = dict(
+            zip(_placeholders(route.template.openapi_path), _placeholders(path), strict=True)
+        )
         base_id = route.operation_id
         count = operation_ids.get(base_id, 0)
         operation_ids[base_id] = count + 1
@@ -313,7 +377,7 @@ def build_openapi(
             "operationId": base_id if count == 0 else f"{base_id}.{count + 1}",
             "tags": [route.service],
             "summary": f"{route.method.name} ({route.upstream} service)",
-            "parameters": _parameters(route, schemas),
+            "parameters": _parameters(route, schemas, names),
             "responses": _responses(route, schemas),
             "security": [] if route.access == Access.PUBLIC else [{"bearer": []}],
             "x-folio-access": route.access.name,
@@ -321,7 +385,7 @@ def build_openapi(
         body = _request_body(route, schemas)
         if body is not None:
             operation["requestBody"] = body
-        paths.setdefault(route.template.openapi_path, {})[route.http_method.lower()] = operation
+        paths.setdefault(path, {})[route.http_method.lower()] = operation
     responses = {f"E{code}": _error(text) for code, text in _ERROR_RESPONSES.items()}
     responses["E401"]["headers"] = {
         "WWW-Authenticate": {

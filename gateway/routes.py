@@ -86,11 +86,15 @@ class RouteTable:
     """An immutable set of routes; a new table replaces the old one in a single assignment."""
 
     def __init__(self, routes: Iterable[Route] = ()) -> None:
+        routes_list = list(routes)
         self.routes: list[Route] = []
         self._literal: dict[tuple[str, str], Route] = {}
         self._templated: dict[str, list[Route]] = {}
+        self._verbs: frozenset[str] = frozenset(
+            r.template.verb for r in routes_list if r.template.verb
+        )
         seen: dict[tuple[str, str], Route] = {}
-        for route in routes:
+        for route in routes_list:
             key = (route.http_method, route.template.regex.pattern)
             if key in seen:
                 log.warning(
@@ -117,11 +121,23 @@ class RouteTable:
         route = self._literal.get((http_method, raw_path))
         if route is not None:
             return Match(route, {})
+        verb = self._verb_of(raw_path)
         for route in self._templated.get(http_method, ()):
+            # A path ending in a known ":verb" belongs to that custom method only, not to a
+            # plain variable that would happily swallow "id:verb" as the id.
+            if verb is not None and route.template.verb != verb:
+                continue
             values = route.template.match(raw_path)
             if values is not None:
                 return Match(route, values)
         return None
+
+    def _verb_of(self, raw_path: str) -> str | None:
+        if not self._verbs:
+            return None
+        last = raw_path.rpartition("/")[2]
+        name, colon, verb = last.rpartition(":")
+        return verb if colon and name and verb in self._verbs else None
 
     def allowed_methods(self, raw_path: str) -> list[str]:
         """The methods some route serves at ``raw_path`` (for 405's Allow header)."""

@@ -107,10 +107,6 @@ def _field_map(desc: descriptor.Descriptor) -> dict[str, descriptor.FieldDescrip
     return fields
 
 
-def _is_map(fd: descriptor.FieldDescriptor) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
 def _snake_mask_to_json(mask: str) -> str:
     """FieldMask paths as proto JSON wants them (lowerCamel); clients may send snake_case."""
 
@@ -121,8 +117,76 @@ def _snake_mask_to_json(mask: str) -> str:
     return ",".join(".".join(camel(p) for p in path.split(".")) for path in mask.split(","))
 
 
+_FD = descriptor.FieldDescriptor
+_INT32 = frozenset(
+    {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32}
+)
+_INT64 = frozenset(
+    {_FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
+)
+_FLOATS = frozenset({_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE})
+_FLOAT_WORDS = frozenset({"NaN", "Infinity", "-Infinity"})
+_STRING_WKT = frozenset(
+    WKT_PREFIX + n for n in ("Timestamp", "Duration", "FieldMask", "StringValue", "BytesValue")
+)
+_NULLABLE = frozenset({WKT_PREFIX + "Value", WKT_PREFIX + "NullValue"})
+
+
+def _scalar_problem(value: Any, fd: descriptor.FieldDescriptor) -> str | None:
+    """Why ``value`` is not the JSON type the schema documents for ``fd``.
+
+    proto3 JSON parsers also take numbers as strings and enums as numbers; the gateway
+    holds clients to the documented types so that its OpenAPI schema tells the truth.
+    """
+    if fd.enum_type is not None:
+        if fd.enum_type.full_name in _NULLABLE or isinstance(value, str):
+            return None
+        return "expected the name of an enum value"
+    kind = fd.type
+    if isinstance(value, bool):
+        return None if kind == _FD.TYPE_BOOL else "expected " + _expected(kind)
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind in _INT32:
+        ok = integral
+    elif kind in _INT64:
+        ok = integral or isinstance(value, str)
+    elif kind in _FLOATS:
+        ok = isinstance(value, int | float) or (isinstance(value, str) and value in _FLOAT_WORDS)
+    elif kind == _FD.TYPE_BOOL:
+        ok = False
+    else:
+        ok = isinstance(value, str)
+    return None if ok else "expected " + _expected(kind)
+
+
+def _expected(kind: int) -> str:
+    if kind in _INT32:
+        return "an integer"
+    if kind in _INT64:
+        return "an integer or a string of digits"
+    if kind in _FLOATS:
+        return "a number"
+    if kind == _FD.TYPE_BOOL:
+        return "true or false"
+    return "a string"
+
+
+def _message_problem(value: Any, message_type: descriptor.Descriptor) -> str | None:
+    """Why ``value`` cannot be the JSON form of ``message_type``, for the well-known shapes."""
+    name = message_type.full_name
+    if name == WKT_PREFIX + "Value":
+        return None
+    if name in _STRING_WKT:
+        return None if isinstance(value, str) else "expected a string"
+    if name in SCALAR_WKT:
+        return _scalar_problem(value, message_type.fields_by_name["value"])
+    if name == WKT_PREFIX + "ListValue":
+        return None if isinstance(value, list) else "expected an array"
+    return None if isinstance(value, dict) else "expected an object"
+
+
 def _check_message(obj: Any, desc: descriptor.Descriptor, path: str, out: Violations) -> None:
-    """Report unknown fields under ``obj``; type errors are left to json_format."""
+    """Report unknown fields and wrongly typed values under ``obj``."""
     if desc.full_name.startswith(WKT_PREFIX) or not isinstance(obj, dict):
         return
     fields = _field_map(desc)
@@ -131,27 +195,53 @@ def _check_message(obj: Any, desc: descriptor.Descriptor, path: str, out: Violat
         fd = fields.get(key)
         if fd is None:
             out.append((where, f"unknown field {key!r} of {desc.full_name}"))
-        elif value is not None and fd.message_type is not None:
-            if fd.message_type.full_name == FIELD_MASK and isinstance(value, str):
+        elif value is None:
+            nullable = fd.message_type or fd.enum_type
+            if nullable is None or nullable.full_name not in _NULLABLE or fd.is_repeated:
+                out.append((where, "null is not a value here; leave the field out instead"))
+        elif fd.message_type is not None and fd.message_type.full_name == FIELD_MASK:
+            if isinstance(value, str):
                 obj[key] = _snake_mask_to_json(value)
             else:
-                _check_field(value, fd, where, out)
+                out.append((where, "expected a string of comma-separated paths"))
+        else:
+            _check_field(value, fd, where, out)
+
+
+def _check_single(value: Any, fd: descriptor.FieldDescriptor, where: str, out: Violations) -> None:
+    if value is None and fd.message_type is not None and fd.message_type.full_name in _NULLABLE:
+        return
+    if value is None:
+        out.append((where, "null is not a value here"))
+        return
+    message_type = fd.message_type
+    problem = (
+        _scalar_problem(value, fd)
+        if message_type is None
+        else _message_problem(value, message_type)
+    )
+    if problem:
+        out.append((where, problem))
+    elif message_type is not None:
+        _check_message(value, message_type, where, out)
 
 
 def _check_field(value: Any, fd: descriptor.FieldDescriptor, where: str, out: Violations) -> None:
-    message_type = fd.message_type
-    if message_type is None:
-        return
-    if _is_map(fd):
-        value_field = message_type.fields_by_name["value"]
-        if isinstance(value, dict) and value_field.message_type is not None:
-            for key, item in value.items():
-                _check_message(item, value_field.message_type, f"{where}[{key}]", out)
-    elif fd.is_repeated and isinstance(value, list):
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        if not isinstance(value, dict):
+            out.append((where, "expected an object"))
+            return
+        value_field = fd.message_type.fields_by_name["value"]
+        for key, item in value.items():
+            _check_single(item, value_field, f"{where}[{key}]", out)
+    elif fd.is_repeated:
+        if not isinstance(value, list):
+            out.append((where, "expected an array"))
+            return
         for index, item in enumerate(value):
-            _check_message(item, message_type, f"{where}[{index}]", out)
+            _check_single(item, fd, f"{where}[{index}]", out)
     else:
-        _check_message(value, message_type, where, out)
+        _check_single(value, fd, where, out)
 
 
 def _mask_paths(obj: dict[str, Any], desc: descriptor.Descriptor, prefix: str) -> list[str]:
@@ -159,7 +249,9 @@ def _mask_paths(obj: dict[str, Any], desc: descriptor.Descriptor, prefix: str) -
     paths: list[str] = []
     fields = _field_map(desc)
     for key, value in obj.items():
-        fd = fields[key]
+        fd = fields.get(key)
+        if fd is None:
+            continue  # already a violation
         name = prefix + fd.name
         nested = fd.message_type
         if (
@@ -221,6 +313,8 @@ def _query_scalar(raw: str, fd: descriptor.FieldDescriptor) -> Any:
         raise ValueError("expected true or false")
     if fd.message_type is not None and fd.message_type.full_name == FIELD_MASK:
         return _snake_mask_to_json(raw)
+    if fd.enum_type is not None and raw not in fd.enum_type.values_by_name:
+        raise ValueError("expected one of " + ", ".join(fd.enum_type.values_by_name))
     return raw
 
 
@@ -259,7 +353,7 @@ def build_request(
     violations: Violations = []
     data: dict[str, Any] = {}
     mask_paths: list[str] | None = None
-    if body.strip():
+    if body:
         if not route.body:
             raise bad_request(
                 "This method takes no request body.",

@@ -288,7 +288,7 @@ async def test_upstream_details_survive_including_unknown_types(
 
 
 async def test_bare_internal_error_hides_its_message(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/fail", json={"bare": True})
+    response = await client.post("/v1/fail", json={"code": 13, "bare": True})
     assert response.status_code == 500
     assert "10.0.0.1" not in response.text
 

@@ -86,6 +86,8 @@ class Library:
 
     async def UpdateBook(self, request: Any, context: Any) -> Any:
         current = self.pb.Book()
+        if not request.update_mask.IsValidForDescriptor(self.pb.Book.DESCRIPTOR):
+            await context.abort_with_status(_abort_status(3, "bad mask", "BAD_MASK", []))
         if request.book.name in BOOKS:
             json_format.ParseDict(BOOKS[request.book.name], current)
         request.update_mask.MergeMessage(request.book, current)
@@ -116,6 +118,8 @@ class Library:
         )
 
     async def Fail(self, request: Any, context: Any) -> Any:
+        if not 1 <= request.code <= 16:
+            await context.abort_with_status(_abort_status(3, "no such code", "BAD_CODE", []))
         if request.bare:
             await context.abort(grpc.StatusCode.INTERNAL, "secret internals at 10.0.0.1")
         extra: list[message.Message] = []
@@ -135,6 +139,12 @@ class Library:
         return self.pb.SleepResponse(slept=request.seconds)
 
     async def StreamBooks(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if not (0 <= request.count <= 100 and 0 <= request.interval_seconds <= 1):
+            await context.abort_with_status(
+                _abort_status(3, "count must be 0-100, interval 0-1 s", "BAD_STREAM", [])
+            )
+        if not 0 <= request.fail_code <= 16:
+            await context.abort_with_status(_abort_status(3, "no such code", "BAD_CODE", []))
         try:
             for index in range(request.count):
                 yield self.pb.Book(name=f"{request.parent}/books/{index}", page_count=index)

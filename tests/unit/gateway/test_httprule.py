@@ -25,7 +25,7 @@ def test_nested_field_with_sub_pattern() -> None:
     assert template.match("/v1/shelves/s1/books/b2") == {"book.name": "shelves/s1/books/b2"}
     assert template.match("/v1/shelves/s1/books") is None
     assert template.match("/v1/racks/s1/books/b2") is None
-    assert template.openapi_path == "/v1/{book.name}"
+    assert template.openapi_path == "/v1/{book_name}"
 
 
 def test_double_wildcard_spans_segments() -> None:

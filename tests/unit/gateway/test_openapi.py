@@ -27,8 +27,9 @@ def test_docs_rendering_is_valid_openapi_30(document: dict[str, Any]) -> None:
 
 def test_paths_and_methods_come_from_the_bindings(document: dict[str, Any]) -> None:
     paths = document["paths"]
-    assert set(paths["/v1/{name}"]) == {"get", "delete"}
-    assert set(paths["/v1/{book.name}"]) == {"patch"}
+    # GET/DELETE bind {name}, PATCH binds {book.name}: same URLs, so one path item.
+    assert set(paths["/v1/{name}"]) == {"get", "delete", "patch"}
+    assert "/v1/{book_name}" not in paths
     assert set(paths["/v1/books/{name}"]) == {"get"}
     assert set(paths["/v1/echo"]) == {"get", "post"}
     assert "/v1/purge" not in paths
@@ -76,7 +77,7 @@ def test_query_parameters_exclude_path_and_body_fields(document: dict[str, Any])
 def test_schemas_use_proto_names_and_int64_strings(document: dict[str, Any]) -> None:
     book = document["components"]["schemas"]["gwtest.v1.Book"]
     assert book["additionalProperties"] is False
-    assert book["properties"]["page_count"]["type"] == "string"
+    assert book["properties"]["page_count"]["anyOf"][0]["type"] == "string"
     assert book["properties"]["published_at"] == {"type": "string", "format": "date-time"}
     assert book["properties"]["genre"]["enum"][1] == "GENRE_FICTION"
 
@@ -90,3 +91,22 @@ def test_response_body_narrows_the_schema(document: dict[str, Any]) -> None:
     listing = document["paths"]["/v1/{parent}/books"]["get"]["responses"]["200"]
     schema = listing["content"]["application/json"]["schema"]
     assert schema == {"type": "array", "items": {"$ref": "#/components/schemas/gwtest.v1.Book"}}
+
+
+def test_shared_path_items_rename_placeholders_but_keep_the_field(
+    document: dict[str, Any],
+) -> None:
+    patch = document["paths"]["/v1/{name}"]["patch"]
+    path_params = [p for p in patch["parameters"] if p["in"] == "path"]
+    assert path_params[0]["name"] == "name"
+    assert path_params[0]["x-folio-field"] == "book.name"
+
+
+def test_body_schema_leaves_out_fields_bound_by_the_path(document: dict[str, Any]) -> None:
+    patch = document["paths"]["/v1/{name}"]["patch"]
+    body = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert "name" not in body["properties"]
+    assert "title" in body["properties"]
+    archive = document["paths"]["/v1/{name}:archive"]["post"]
+    body = archive["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"reason"}

@@ -54,3 +54,11 @@ def test_allowed_methods_list_every_method_of_a_path(table: RouteTable) -> None:
 def test_duplicate_bindings_keep_the_first(table: RouteTable) -> None:
     doubled = RouteTable([*table.routes, *table.routes])
     assert len(doubled.routes) == len(table.routes)
+
+
+def test_a_known_verb_is_not_swallowed_by_a_plain_variable(table: RouteTable) -> None:
+    assert table.match("GET", "/v1/shelves/s/books/b:archive") is None
+    assert table.allowed_methods("/v1/shelves/s/books/b:archive") == ["POST"]
+    # An unknown suffix is just part of the id.
+    match = table.match("GET", "/v1/shelves/s/books/b:other")
+    assert match is not None and match.path_values == {"name": "shelves/s/books/b:other"}

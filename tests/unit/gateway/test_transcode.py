@@ -115,6 +115,12 @@ def test_unknown_body_fields_are_rejected_with_their_paths(table: RouteTable) ->
     assert set(_violations(caught.value)) == {"book.colour", "book.author.age"}
 
 
+def test_patch_with_an_unknown_field_is_a_400_not_a_crash(table: RouteTable) -> None:
+    with pytest.raises(HttpError) as caught:
+        _request(table, "PATCH", "/v1/shelves/s/books/b", body={"title": "T", "nope": 1})
+    assert list(_violations(caught.value)) == ["book.nope"]
+
+
 def test_unknown_fields_inside_repeated_and_maps_are_found(table: RouteTable) -> None:
     with pytest.raises(HttpError) as caught:
         _request(table, "POST", "/v1/echo", body={"author": {"x": 1}, "labels": {"k": "v"}})
