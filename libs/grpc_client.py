@@ -32,7 +32,8 @@ RETRY_SERVICE_CONFIG = json.dumps(
 
 
 class _OutgoingMetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor[Any, Any], grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
 ):
     """Adds the service token, request id and acting user, and a default deadline."""
 
