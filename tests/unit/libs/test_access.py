@@ -41,7 +41,7 @@ class _Call:
         return self.pairs
 
 
-def Metadata(*pairs: tuple[str, str]) -> Any:  # noqa: N802
+def Metadata(*pairs: tuple[str, str]) -> Any:
     return _Call(*pairs)
 
 
