@@ -39,6 +39,8 @@ def uvicorn_config(app: GatewayApp, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         server_header=False,
+        # X-Forwarded-* from clients are not trusted; the gateway writes its own for upstreams.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(app.settings.grace_period_seconds),
     )
 
