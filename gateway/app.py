@@ -312,12 +312,13 @@ class GatewayApp:
                 (b"x-accel-buffering", b"no"),
             ]
             await exchange.start(route.success, headers)
+            heartbeat = self.settings.gateway_sse_heartbeat_seconds if sse else 0.0
             while item is not EOF:
                 payload = encode(response_json(route, item))
                 await exchange.chunk(
                     b"data: " + payload + b"\n\n" if sse else payload + b"\n", True
                 )
-                item = await call.read()
+                item = await _next_message(call, exchange, heartbeat)
             await exchange.chunk(b"", False)
         except grpc.aio.AioRpcError as error:
             failure = self._upstream_error(route, error).body()
@@ -397,6 +398,21 @@ def _headers(scope: Scope) -> dict[bytes, str]:
         text = value.decode("latin-1")
         found[key] = f"{found[key]}, {text}" if key in found else text
     return found
+
+
+async def _next_message(call: Any, exchange: Exchange, heartbeat: float) -> Any:
+    """The stream's next message; SSE comments keep idle proxies from closing the stream."""
+    if heartbeat <= 0:
+        return await call.read()
+    read = asyncio.ensure_future(call.read())
+    try:
+        while True:
+            done, _ = await asyncio.wait((read,), timeout=heartbeat)
+            if done:
+                return read.result()
+            await exchange.chunk(b": keep-alive\n\n", True)
+    finally:
+        read.cancel()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

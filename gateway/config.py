@@ -20,8 +20,11 @@ class GatewaySettings(Settings):
     gateway_max_deadline_seconds: float = 300.0
     # Server streams (LLM output) outlive the unary default, so they get their own.
     gateway_stream_deadline_seconds: float = 300.0
-    # How often each upstream's descriptors are re-read; a reconnect triggers a read too.
-    gateway_reflection_poll_seconds: float = 2.0
+    # An idle SSE stream sends a comment this often so proxies keep it open (0: never).
+    gateway_sse_heartbeat_seconds: float = 15.0
+    # A safety net: descriptors are re-read on every reconnect (an upstream that restarts
+    # with new RPCs reconnects) and on UNIMPLEMENTED; the poll catches anything else.
+    gateway_reflection_poll_seconds: float = 15.0
     # How long start-up waits for the first descriptors before serving anyway.
     gateway_startup_wait_seconds: float = 3.0
     gateway_health_timeout_seconds: float = 1.0

@@ -129,11 +129,17 @@ class Upstreams:
             await self.refresh(upstream)
 
     async def _watch_connectivity(self, upstream: Upstream) -> None:
-        """Wake the poller whenever the channel (re)connects: a restart may bring new RPCs."""
-        state = upstream.channel.get_state(try_to_connect=False)
+        """Wake the poller whenever the channel (re)connects: a restart may bring new RPCs.
+
+        A dropped connection leaves the channel IDLE until something dials; asking for the
+        state with ``try_to_connect`` dials at once, so a restarted upstream is re-read
+        within the reconnect backoff rather than at the next poll.
+        """
+        channel = upstream.channel
+        state = channel.get_state(try_to_connect=True)
         while True:
-            await upstream.channel.wait_for_state_change(state)
-            new_state = upstream.channel.get_state(try_to_connect=False)
+            await channel.wait_for_state_change(state)
+            new_state = channel.get_state(try_to_connect=True)
             if new_state == grpc.ChannelConnectivity.READY and state != new_state:
                 upstream.wake.set()
             state = new_state

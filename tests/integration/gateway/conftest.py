@@ -218,6 +218,7 @@ def gateway_env(
             "FOLIO_GATEWAY_MAX_JSON_DEPTH": "16",
             "FOLIO_GATEWAY_MAX_DEADLINE_SECONDS": "30",
             "FOLIO_GATEWAY_REFLECTION_POLL_SECONDS": "0.5",
+            "FOLIO_GATEWAY_SSE_HEARTBEAT_SECONDS": "0.25",
             "FOLIO_LOG_LEVEL": "INFO",
             **extra,
         }

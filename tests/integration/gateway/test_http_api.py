@@ -398,6 +398,21 @@ async def test_sse_events_are_flushed_as_they_come(client: httpx.AsyncClient) ->
     assert arrivals[0] < 0.35  # the first book is not held back until the stream ends
 
 
+async def test_idle_sse_streams_get_heartbeat_comments(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/v1/shelves/s1/books:stream",
+        params={"count": 2, "interval_seconds": 0.6},
+        headers={"accept": "text/event-stream"},
+    )
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[0].startswith("data: ")
+    assert ": keep-alive" in events[1:-1]  # between the two books, none before the first
+    ndjson = await client.get(
+        "/v1/shelves/s1/books:stream", params={"count": 2, "interval_seconds": 0.6}
+    )
+    assert "keep-alive" not in ndjson.text
+
+
 async def test_client_disconnect_cancels_the_upstream_stream(
     client: httpx.AsyncClient, gateway: Gateway
 ) -> None:

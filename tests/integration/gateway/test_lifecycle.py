@@ -53,6 +53,8 @@ def stack(library_gen: Path, keys: Keys, tmp_path: Path) -> Iterator[StackFactor
         env = gateway_env(keys, {"library": upstream.address}, tmp_path)
         env["FOLIO_GATEWAY_PORT"] = str(free_port())
         env["FOLIO_GATEWAY_STARTUP_WAIT_SECONDS"] = "0.5"
+        # Longer than any wait below: changes must be noticed through reconnects alone.
+        env["FOLIO_GATEWAY_REFLECTION_POLL_SECONDS"] = "120"
         gateway = Gateway(int(env["FOLIO_GATEWAY_PORT"]), env, tmp_path / "gateway.log")
         gateway.start()
         started.append(gateway)
