@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor
 
 from gateway.routes import Access, Route, RouteTable
@@ -141,10 +142,18 @@ class _Schemas:
             self.components[name] = {}  # placeholder: recursive messages refer to themselves
             self.components[name] = {
                 "type": "object",
-                "properties": {fd.name: self.field(fd) for fd in desc.fields},
+                "properties": {fd.name: self.annotated(fd) for fd in desc.fields},
                 "additionalProperties": False,
             }
         return {"$ref": REF + name}
+
+    def annotated(self, fd: descriptor.FieldDescriptor) -> dict[str, Any]:
+        """The field's schema, marked readOnly when the proto says OUTPUT_ONLY (AIP-203)."""
+        schema = self.field(fd)
+        behaviors = fd.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+        if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+            schema["readOnly"] = True
+        return schema
 
     def single(self, fd: descriptor.FieldDescriptor) -> dict[str, Any]:
         if fd.message_type is not None:
@@ -257,7 +266,7 @@ def _without_bound(
         if inner and fd.message_type is not None:
             properties[fd.name] = _without_bound(fd.message_type, inner, schemas)
         else:
-            properties[fd.name] = schemas.field(fd)
+            properties[fd.name] = schemas.annotated(fd)
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
@@ -422,6 +431,9 @@ def downgrade_to_30(document: dict[str, Any]) -> dict[str, Any]:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             node.pop("contentEncoding", None)
+            if "$ref" in node and len(node) > 1:
+                # 3.0 ignores siblings of $ref; allOf keeps readOnly and friends meaningful.
+                node["allOf"] = [{"$ref": node.pop("$ref")}]
             types = node.get("type")
             if isinstance(types, list):
                 non_null = [t for t in types if t != "null"]

@@ -110,3 +110,9 @@ def test_body_schema_leaves_out_fields_bound_by_the_path(document: dict[str, Any
     archive = document["paths"]["/v1/{name}:archive"]["post"]
     body = archive["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"reason"}
+
+
+def test_output_only_fields_are_read_only(document: dict[str, Any]) -> None:
+    book = document["components"]["schemas"]["gwtest.v1.Book"]["properties"]
+    assert book["etag"] == {"type": "string", "readOnly": True}
+    assert "readOnly" not in book["title"]
