@@ -31,6 +31,12 @@ def _gateway(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from libs.worker import run_worker
+
+    return run_worker(settings, concurrency=args.concurrency)
+
+
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     from libs.devstack import dev_database_url, migration_targets
     from libs.migrations import migrate_all
@@ -71,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=sorted(SERVICE_PORTS))
     serve.set_defaults(run=_serve)
     commands.add_parser("gateway", help="run the REST gateway").set_defaults(run=_gateway)
+    worker = commands.add_parser("worker", help="run the Celery worker pool for every task")
+    worker.add_argument(
+        "--concurrency", type=int, help="worker processes (FOLIO_WORKER_CONCURRENCY)"
+    )
+    worker.set_defaults(run=_worker)
     commands.add_parser("migrate", help="apply every service's migrations").set_defaults(
         run=_migrate
     )

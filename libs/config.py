@@ -35,6 +35,20 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     log_level: str = "INFO"
 
+    # Tasks and the worker pool (DESIGN §6). A task's own time limit comes first, then
+    # Celery's soft and hard limits, all below the broker's visibility timeout, so Redis
+    # never hands a task that is still running to a second worker.
+    task_time_limit_seconds: float = 300.0
+    task_max_attempts: int = 3
+    task_retry_backoff_seconds: float = 2.0
+    task_retry_backoff_max_seconds: float = 300.0
+    broker_visibility_timeout_seconds: int = 3600
+    # How often the outbox relay looks for due messages when no notification wakes it.
+    task_relay_poll_seconds: float = 1.0
+    worker_concurrency: int = 2
+    # Modules the worker imports besides every services/<domain>/tasks.py.
+    worker_imports: list[str] = []
+
     # Secrets: AWS Secrets Manager when secrets_id is set (aws_endpoint_url points at
     # a local server in tests), else FOLIO_* variables, else generated in data_dir (dev).
     secrets_id: str | None = None
