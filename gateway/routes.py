@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 ACCESS_OPTION = "folio.api.v1.access"
 SUCCESS_CODE_OPTION = "folio.api.v1.http_success_code"
 FIELD_MASK = "google.protobuf.FieldMask"
+# JSON values without a schema: their numbers travel as doubles.
+FREE_FORM = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
 HTTP_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH")
 
 
@@ -64,6 +68,7 @@ class Route:
         self.body_field = fields_in.get(self.body) if self.body not in ("", "*") else None
         self.response_field = fields_out.get(self.response_body) if self.response_body else None
         self.path_fields = frozenset(v.name for v in self.template.variables)
+        self.free_form_json = _reaches(self.method.output_type, FREE_FORM, set())
 
     @property
     def full_method(self) -> str:
@@ -142,6 +147,19 @@ class RouteTable:
     def allowed_methods(self, raw_path: str) -> list[str]:
         """The methods some route serves at ``raw_path`` (for 405's Allow header)."""
         return sorted(m for m in HTTP_METHODS if self.match(m, raw_path) is not None)
+
+
+def _reaches(desc: descriptor.Descriptor, targets: frozenset[str], seen: set[str]) -> bool:
+    """Whether ``desc`` is, or contains at any depth, a message named in ``targets``."""
+    if desc.full_name in targets:
+        return True
+    if desc.full_name in seen:
+        return False
+    seen.add(desc.full_name)
+    return any(
+        fd.message_type is not None and _reaches(fd.message_type, targets, seen)
+        for fd in desc.fields
+    )
 
 
 def _read_enum_option(

@@ -432,10 +432,28 @@ def response_json(route: Route, msg: message.Message) -> Any:
     """The JSON value of a response, narrowed to ``response_body`` when the binding has one."""
     fd = route.response_field
     if fd is None:
-        return _to_dict(msg, route)
-    if fd.message_type is not None and not fd.is_repeated:
-        return _to_dict(getattr(msg, fd.name), route)
-    return _to_dict(msg, route).get(fd.name)
+        value = _to_dict(msg, route)
+    elif fd.message_type is not None and not fd.is_repeated:
+        value = _to_dict(getattr(msg, fd.name), route)
+    else:
+        value = _to_dict(msg, route).get(fd.name)
+    return _whole_numbers(value) if route.free_form_json else value
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Integral floats as ints: Struct keeps every number as a double, so ``{"n": 12}``
+    would otherwise come back as ``12.0``. Both are the same JSON number."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= _EXACT_FLOAT else value
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+# Beyond 2**53 a double no longer holds every integer, so its int form would add digits.
+_EXACT_FLOAT = 2**53
 
 
 _dumps: Callable[[Any], str] = json.JSONEncoder(

@@ -198,3 +198,16 @@ def test_response_body_selects_one_field(table: RouteTable) -> None:
     message: Any = route.response_class(seen="x")
     message.books.add(name="n", page_count=3)
     assert response_json(route, message)[0]["page_count"] == "3"
+
+
+def test_struct_numbers_keep_their_integer_form(table: RouteTable) -> None:
+    route = route_of(table, "POST", "/v1/echo")
+    assert route.free_form_json
+    message: Any = route.response_class()
+    message.extra.update({"n": 12, "x": 1.5, "deep": [{"m": 3}], "huge": 2.0**60})
+    message.ratio = 2.0
+    body = response_json(route, message)
+    assert json.dumps(body["extra"], sort_keys=True) == json.dumps(
+        {"n": 12, "x": 1.5, "deep": [{"m": 3}], "huge": 2.0**60}, sort_keys=True
+    )
+    assert not route_of(table, "GET", "/v1/whoami").free_form_json
