@@ -11,8 +11,14 @@ from libs.logs import configure_logging
 
 
 def _dev(settings: Settings, _: argparse.Namespace) -> int:
-    from libs.devstack import run_dev
+    import os
 
+    from libs.devstack import run_dev
+    from services.auth.google import DEV_GOOGLE_CLIENT_ID
+
+    # The auth service refuses to start without a Google client id; dev gets a
+    # placeholder (sign in with `folio token mint` instead, or set your own).
+    os.environ.setdefault("FOLIO_GOOGLE_CLIENT_IDS", DEV_GOOGLE_CLIENT_ID)
     return run_dev(settings)
 
 
@@ -69,6 +75,27 @@ def _mint(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_keys(settings: Settings, _: argparse.Namespace) -> int:
+    import time
+
+    from libs.secrets import SecretsError
+    from services.auth.keys import rotate_signing_keys
+
+    try:
+        rotation = rotate_signing_keys(settings)
+    except SecretsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    signs_from = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rotation.signs_from))
+    print(
+        f"added signing key {rotation.new_kid}: published in the JWKS now, signs from {signs_from}"
+    )
+    print(f"signing now with {rotation.signing_kid}")
+    for kid in rotation.removed_kids:
+        print(f"removed retired key {kid}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="folio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -93,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     mint.add_argument("--premium", action="store_true")
     mint.add_argument("--admin", action="store_true")
     mint.set_defaults(run=_mint)
+    keys = commands.add_parser("keys", help="access-token signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser(
+        "rotate", help="add a signing key; it signs once verifiers have had time to fetch it"
+    ).set_defaults(run=_rotate_keys)
     return root
 
 

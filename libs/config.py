@@ -1,10 +1,12 @@
 """Settings from ``FOLIO_*`` environment variables, shared by every Folio process."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICE_PORTS: dict[str, int] = {
     "auth": 50051,
@@ -77,6 +79,47 @@ class Settings(BaseSettings):
 
     grace_period_seconds: float = 10.0
     default_deadline_seconds: float = 10.0
+
+    # Google sign-in (auth service). The certs URL must serve Google's v1 format
+    # ({kid: x509 PEM}); tests point both URLs at a local issuer.
+    google_client_ids: Annotated[list[str], NoDecode] = []
+    google_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_hd_allowlist: Annotated[list[str], NoDecode] = []
+    # Exact redirect URIs the code flow accepts; the code flow is off while empty.
+    google_redirect_uris: Annotated[list[str], NoDecode] = []
+    google_timeout_seconds: float = 10.0
+
+    # Sessions: a refresh token dies after idle_ttl unused, a session after absolute_ttl.
+    refresh_idle_ttl_seconds: int = 14 * 24 * 3600
+    refresh_absolute_ttl_seconds: int = 30 * 24 * 3600
+    # A new signing key is published this long before it signs; it must exceed every
+    # verifier's JWKS cache TTL plus the auth service's key reload interval.
+    signing_key_publish_delay_seconds: int = 600
+    signing_keys_reload_seconds: float = 10.0
+
+    # Sign-in and refresh attempts per client IP and per subject, per window.
+    rate_limit_window_seconds: int = 60
+    rate_limit_signin_per_ip: int = 20
+    rate_limit_signin_per_subject: int = 10
+    rate_limit_refresh_per_ip: int = 60
+    rate_limit_refresh_per_subject: int = 30
+    # Proxies in front of the gateway that append to X-Forwarded-For; the client
+    # address is the entry this many places left of the one the gateway appended.
+    trusted_proxy_hops: int = 0
+
+    @field_validator(
+        "google_client_ids", "google_hd_allowlist", "google_redirect_uris", mode="before"
+    )
+    @classmethod
+    def _comma_or_json_list(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
 
     @property
     def is_production(self) -> bool:

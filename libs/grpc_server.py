@@ -20,6 +20,7 @@ from libs.interceptors import (
     ErrorInterceptor,
     RequestContextInterceptor,
 )
+from libs.revocation import Revocations, revocation_client
 from libs.secrets import load_secrets
 from libs.tokens import (
     AccessTokenVerifier,
@@ -47,6 +48,8 @@ class Security:
     verifier: AccessTokenVerifier
     keys: JwksCache
     internal_token_key: str
+    # Signed-out sessions, when Redis is configured (FOLIO_REDIS_URL).
+    revocations: Revocations | None = None
 
 
 def build_security(settings: Settings) -> Security:
@@ -60,7 +63,15 @@ def build_security(settings: Settings) -> Security:
         leeway=settings.token_leeway_seconds,
     )
     configure_default_verifier(verifier)
-    return Security(verifier=verifier, keys=keys, internal_token_key=secrets.internal_token_key)
+    revocations = Revocations(revocation_client(settings.redis_url)) if settings.redis_url else None
+    if revocations is None:
+        log.warning("FOLIO_REDIS_URL is not set: signed-out sessions keep working until expiry")
+    return Security(
+        verifier=verifier,
+        keys=keys,
+        internal_token_key=secrets.internal_token_key,
+        revocations=revocations,
+    )
 
 
 class GrpcServer:
@@ -83,7 +94,13 @@ class GrpcServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
             RequestContextInterceptor(),
             ErrorInterceptor(name),
-            AccessInterceptor(name, security.verifier, security.internal_token_key, roles),
+            AccessInterceptor(
+                name,
+                security.verifier,
+                security.internal_token_key,
+                roles,
+                security.revocations,
+            ),
         ]
         if database is not None:
             interceptors.append(DbSessionInterceptor(database))
@@ -114,6 +131,8 @@ class GrpcServer:
         """Report NOT_SERVING, then let in-flight RPCs finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period)
+        if self.security.revocations is not None:
+            await self.security.revocations.close()
 
     async def serve_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and stop."""

@@ -14,7 +14,7 @@ import re
 import secrets as _random
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -145,6 +145,22 @@ def activate_signing_key(settings: Settings, kid: str) -> Secrets:
         loaded = _validate(document, _field_labels(path), source="generated")
         _write_atomically(path, document)
     logger.info("signing key activated", extra={"kid": kid})
+    return _with_env_overrides(loaded)
+
+
+def remove_signing_keys(settings: Settings, kids: Collection[str]) -> Secrets:
+    """Drop retired keys from the dev file; the active key can never be dropped."""
+    _require_dev_file_store(settings)
+    with _dev_file_locked(settings) as path:
+        document = _read_or_create(path)
+        if document.get("jwt_active_kid") in kids:
+            raise SecretsError("the active signing key cannot be removed")
+        document["jwt_signing_keys"] = [
+            key for key in document.get("jwt_signing_keys") or [] if key.get("kid") not in kids
+        ]
+        loaded = _validate(document, _field_labels(path), source="generated")
+        _write_atomically(path, document)
+    logger.info("signing keys removed", extra={"kids": sorted(kids)})
     return _with_env_overrides(loaded)
 
 

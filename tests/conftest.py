@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.services", "tests.fixtures.stack"]
+pytest_plugins = [
+    "tests.fixtures.engines",
+    "tests.fixtures.services",
+    "tests.fixtures.google_issuer",
+    "tests.fixtures.stack",
+]

@@ -12,6 +12,7 @@ from libs.access import Principal, RoleLoader, principal_var
 from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
 from libs.interceptors.base import AroundInterceptor
 from libs.interceptors.request_context import metadata_value
+from libs.revocation import Revocations
 from libs.tokens import SERVICE_TOKEN_TYPE, AccessTokenVerifier, InvalidToken, verify_service_token
 
 ON_BEHALF_OF_KEY = "x-folio-on-behalf-of"
@@ -42,11 +43,13 @@ class AccessInterceptor(AroundInterceptor):
         verifier: AccessTokenVerifier,
         internal_token_key: str,
         roles: RoleLoader,
+        revocations: Revocations | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
         self.internal_token_key = internal_token_key
         self.roles = roles
+        self.revocations = revocations
 
     @asynccontextmanager
     async def around(
@@ -85,6 +88,8 @@ class AccessInterceptor(AroundInterceptor):
             claims = await self.verifier.verify(token)
         except InvalidToken as error:
             raise Unauthenticated("invalid access token") from error
+        if self.revocations is not None and await self.revocations.is_revoked(claims):
+            raise Unauthenticated("the session of this access token was signed out")
         return Principal(user_id=claims.user_id, session_id=claims.session_id)
 
     async def _optional_user(self, token: str | None) -> Principal:
