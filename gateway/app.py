@@ -32,7 +32,8 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("folio.access")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _JSON_MEDIA = re.compile(r"^\s*application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
 JSON_TYPE = b"application/json"
 SSE_TYPE = b"text/event-stream; charset=utf-8"
@@ -59,23 +60,27 @@ class Exchange:
         self.status = 0
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the status line and headers (plus X-Request-ID)."""
         self.started = True
         self.status = status
         headers.append((b"x-request-id", self.request_id.encode()))
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, body: bytes, more: bool) -> None:
+        """Send part of the body; uvicorn writes it to the socket at once."""
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     async def respond(
         self, status: int, body: bytes, media_type: bytes = JSON_TYPE, extra: Any = ()
     ) -> None:
+        """A whole response; an empty body (204) carries no content headers."""
         length = (b"content-length", str(len(body)).encode())
         headers = [(b"content-type", media_type), length, NO_STORE, *extra] if body else [*extra]
         await self.start(status, headers)
         await self.chunk(body, False)
 
     async def error(self, error: HttpError) -> None:
+        """The AIP-193 JSON of ``error`` with its status and headers."""
         await self.respond(error.http_status, error.body(), extra=error.headers)
 
 
@@ -136,7 +141,7 @@ class GatewayApp:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
                 break
-        if request_id is None or not _VALID_REQUEST_ID.match(request_id):
+        if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
             request_id = new_id()
         token = request_id_var.set(request_id)
         exchange = Exchange(scope, receive, send, request_id)
@@ -277,12 +282,12 @@ class GatewayApp:
     def _metadata(self, exchange: Exchange, headers: dict[bytes, str]) -> list[tuple[str, str]]:
         """The only request headers upstreams see: never blanket-copied, so none is spoofed."""
         metadata = [("x-request-id", exchange.request_id)]
-        authorization = headers.get(b"authorization")
+        authorization = _printable(headers.get(b"authorization"))
         if authorization:
             metadata.append(("authorization", authorization))
         client = exchange.scope.get("client")
         if client:
-            forwarded = headers.get(b"x-forwarded-for")
+            forwarded = _printable(headers.get(b"x-forwarded-for"))
             host = str(client[0])
             metadata.append(("x-forwarded-for", f"{forwarded}, {host}" if forwarded else host))
         return metadata
@@ -389,6 +394,13 @@ def _find(table: RouteTable, method: str, raw: str) -> Match | None:
         # OpenAPI clients must percent-encode the slashes of multi-segment variables.
         match = table.match(method, _slashes(raw))
     return match
+
+
+def _printable(value: str | None) -> str | None:
+    """``value`` if gRPC can carry it as ASCII metadata; HTTP allows bytes gRPC refuses."""
+    if value is None or not _PRINTABLE.fullmatch(value):
+        return None
+    return value
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:

@@ -344,6 +344,16 @@ async def test_only_allowlisted_metadata_goes_up_and_none_comes_down(
     }
 
 
+async def test_headers_grpc_cannot_carry_are_dropped_not_fatal(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = [(b"x-forwarded-for", "caf\u00e9".encode("latin-1"))]
+    headers.append((b"authorization", "Bearer \u00e9t\u00e9".encode("latin-1")))
+    response = await client.get("/v1/echo", params={"text": "ok"}, headers=headers)
+    assert response.status_code == 200
+    assert response.json()["text"] == "ok"
+
+
 async def test_stream_as_ndjson(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/shelves/s1/books:stream", params={"count": 3})
     assert response.status_code == 200
