@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -55,12 +54,12 @@ class Upstreams:
             address = self.settings.upstream_address(name)
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self.upstreams[name] = Upstream(name, address, channel)
-        first = [asyncio.ensure_future(self.refresh(u)) for u in self.upstreams.values()]
+        first = {u.name: asyncio.ensure_future(self.refresh(u)) for u in self.upstreams.values()}
         if first:
             # An upstream that starts after the gateway is picked up by the poll loop.
-            await asyncio.wait(first, timeout=self.settings.gateway_startup_wait_seconds)
+            await asyncio.wait(first.values(), timeout=self.settings.gateway_startup_wait_seconds)
         for upstream in self.upstreams.values():
-            self._tasks.append(asyncio.create_task(self._poll(upstream, first)))
+            self._tasks.append(asyncio.create_task(self._poll(upstream, first[upstream.name])))
             self._tasks.append(asyncio.create_task(self._watch_connectivity(upstream)))
 
     async def close(self) -> None:
@@ -119,8 +118,9 @@ class Upstreams:
         # Built aside and swapped in one assignment: a request sees the old table or the new.
         self.table = RouteTable(r for u in self.upstreams.values() for r in u.routes)
 
-    async def _poll(self, upstream: Upstream, first: Sequence["asyncio.Future[bool]"]) -> None:
-        await asyncio.wait(first)
+    async def _poll(self, upstream: Upstream, first: "asyncio.Future[bool]") -> None:
+        # Never two reads of one upstream at once: the first one finishes before polling.
+        await asyncio.wait((first,))
         interval = self.settings.gateway_reflection_poll_seconds
         while True:
             with contextlib.suppress(TimeoutError):
