@@ -177,8 +177,13 @@ def from_rpc_error(
         return HttpError(code, message, reason=reason, metadata={"service": upstream})
     info: error_details_pb2.ErrorInfo | None = None
     extra: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for detail in status.details:
-        if info is None and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        # AIP-193: each detail type at most once, and exactly one ErrorInfo (the first).
+        if detail.type_url in seen:
+            continue
+        seen.add(detail.type_url)
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
         else:

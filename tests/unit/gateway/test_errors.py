@@ -149,3 +149,13 @@ def test_struct_is_not_an_error_detail_we_lose() -> None:
     error = from_rpc_error(_error(grpc.StatusCode.ABORTED, "m", info, detail), upstream="u")
     assert error.http_status == HTTPStatus.CONFLICT
     assert json.loads(error.body())["error"]["details"][1]["value"] == {"k": "v"}
+
+
+def test_each_detail_type_appears_once() -> None:
+    first = error_details_pb2.ErrorInfo(reason="FIRST", domain="d")
+    second = error_details_pb2.ErrorInfo(reason="SECOND", domain="d")
+    hint = error_details_pb2.Help(links=[error_details_pb2.Help.Link(url="https://x")])
+    rpc = _error(grpc.StatusCode.NOT_FOUND, "m", first, hint, second, hint)
+    details = json.loads(from_rpc_error(rpc, upstream="u").body())["error"]["details"]
+    assert [d["@type"].rsplit(".", 1)[1] for d in details] == ["ErrorInfo", "Help"]
+    assert details[0]["reason"] == "FIRST"
