@@ -256,3 +256,15 @@ async def revoke_session(deps: AuthDeps, db: AsyncSession, user_id: str, session
         raise NotFound("session not found")
     await db.commit()
     await deps.revocations.revoke_sessions(revoked)
+
+
+async def purge_user_data(deps: AuthDeps, db: AsyncSession, user_id: str) -> int:
+    """End and delete every session of a user being deleted; idempotent."""
+    if not user_id:
+        raise InvalidArgument("user_id is required", field_violations={"user_id": "required"})
+    revoked = await repository.revoke_user_sessions(db, user_id, "account_deleted")
+    deleted = await repository.delete_user_sessions(db, user_id)
+    await db.commit()
+    await deps.revocations.revoke_sessions(revoked)
+    await deps.revocations.revoke_user_tokens(user_id, int(time.time()))
+    return deleted

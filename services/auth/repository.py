@@ -208,3 +208,11 @@ async def purge_ended_sessions(db: AsyncSession) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_user_sessions(db: AsyncSession, user_id: str) -> int:
+    """Delete every session of the user (their token hashes go with them)."""
+    result = await db.execute(
+        text("DELETE FROM auth.sessions WHERE user_id = :uid"), {"uid": user_id}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

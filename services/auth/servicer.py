@@ -160,5 +160,11 @@ class AuthService(auth_service_pb2_grpc.AuthServiceServicer):
         ]
         return auth_service_pb2.GetJwksResponse(keys=keys)
 
+    async def PurgeUserData(
+        self, request: auth_service_pb2.PurgeUserDataRequest, context: Context
+    ) -> auth_service_pb2.PurgeUserDataResponse:
+        deleted = await handlers.purge_user_data(self.deps, current_session(), request.user_id)
+        return auth_service_pb2.PurgeUserDataResponse(deleted_count=deleted)
+
 
 _JWK_FIELDS = ("kty", "crv", "x", "y", "kid", "alg", "use")

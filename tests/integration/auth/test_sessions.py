@@ -194,3 +194,26 @@ async def test_session_methods_need_a_user(env: AuthEnv) -> None:
         env.auth.SignOutEverywhere(auth_service_pb2.SignOutEverywhereRequest()),
     ):
         assert await refused(call) == UNAUTHENTICATED
+
+
+async def test_purge_user_data_ends_and_deletes_every_session(env: AuthEnv) -> None:
+    first = await env.sign_in("purged-sub")
+    await env.sign_in("purged-sub")
+    kept = await env.sign_in("kept-sub")
+    request = auth_service_pb2.PurgeUserDataRequest(user_id=first.user.id)
+    # INTERNAL: the user's own token is not enough.
+    code = await refused(env.auth.PurgeUserData(request, metadata=bearer(first.access_token)))
+    assert code == UNAUTHENTICATED
+    internal = bearer(env.service_token("auth"))
+    reply = await env.auth.PurgeUserData(request, metadata=internal)
+    assert reply.deleted_count == 2
+    assert await refused(get_me(env, first.access_token)) == UNAUTHENTICATED
+    assert await refused(refresh(env, first.refresh_token)) == UNAUTHENTICATED
+    async with env.database.session() as db:
+        left = await db.scalar(
+            text("SELECT count(*) FROM auth.sessions WHERE user_id = :uid"),
+            {"uid": first.user.id},
+        )
+    assert left == 0
+    assert (await env.auth.PurgeUserData(request, metadata=internal)).deleted_count == 0
+    assert (await get_me(env, kept.access_token)).user.id == kept.user.id
