@@ -153,8 +153,11 @@ class TaskContext:
     runtime: "ChildRuntime" = field(repr=False)
     log: logging.Logger = field(default=log, repr=False)
 
-    async def progress(self, percent: int) -> None:
-        """Record progress (0-100); raises TaskCancelled if the owner cancelled the task."""
+    async def progress(self, percent: int, *, cancellable: bool = True) -> None:
+        """Record progress (0-100); raises TaskCancelled if the owner cancelled the task.
+
+        A task that must not stop half-way once started passes ``cancellable=False``.
+        """
         value = max(0, min(100, int(percent)))
         async with get_db_context() as session:
             cancel = await session.scalar(
@@ -163,7 +166,7 @@ class TaskContext:
                 .values(progress=value)
                 .returning(Task.cancel_requested)
             )
-        if cancel is None or cancel:
+        if cancel is None or (cancel and cancellable):
             raise TaskCancelled
 
     async def checkpoint(self) -> None:
@@ -174,6 +177,10 @@ class TaskContext:
             )
         if cancel is None or cancel:
             raise TaskCancelled
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """A channel to another Folio service, authenticated as this task's domain."""

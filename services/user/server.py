@@ -2,10 +2,12 @@
 
 import asyncio
 
+from folio.task.v1 import task_service_pb2_grpc
 from folio.user.v1 import user_service_pb2, user_service_pb2_grpc
 from libs.access import CachedRoles
 from libs.config import Settings, get_settings
 from libs.db import Database
+from libs.grpc_client import service_channel
 from libs.grpc_server import GrpcServer, Servicer, build_security
 from services.user.handlers import role_loader
 from services.user.servicer import UserService
@@ -15,15 +17,24 @@ NAME = "user"
 
 def create_server(settings: Settings, database: Database) -> GrpcServer:
     """The user service with its dependencies, not yet bound or started."""
+    security = build_security(settings)
+    tasks = task_service_pb2_grpc.TaskServiceStub(
+        service_channel(
+            "task",
+            caller=NAME,
+            settings=settings,
+            internal_token_key=security.internal_token_key,
+        )
+    )
     servicer = Servicer(
         user_service_pb2_grpc.add_UserServiceServicer_to_server,
-        UserService(),
+        UserService(tasks),
         user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
     )
     return GrpcServer(
         NAME,
         [servicer],
-        security=build_security(settings),
+        security=security,
         roles=CachedRoles(role_loader(database)),
         database=database,
         grace_period=settings.grace_period_seconds,

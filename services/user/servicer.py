@@ -1,6 +1,6 @@
 """UserService: proto <-> domain translation only."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -8,9 +8,12 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from libs.access import current_user_id
 from libs.db import current_session
-from libs.errors import InvalidArgument
-from services.user import handlers
+from libs.errors import InvalidArgument, Unavailable
+from services.user import deletion, handlers
 from services.user.models import User
+
+if TYPE_CHECKING:
+    from folio.task.v1.task_service_pb2_grpc import TaskServiceAsyncStub
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -57,6 +60,10 @@ def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str
 class UserService(user_service_pb2_grpc.UserServiceServicer):
     """Users, their profile and options."""
 
+    def __init__(self, tasks: "TaskServiceAsyncStub | None" = None) -> None:
+        # The task service, which queues account deletion.
+        self.tasks = tasks
+
     async def GetMe(
         self, request: user_service_pb2.GetMeRequest, context: Context
     ) -> user_service_pb2.GetMeResponse:
@@ -82,6 +89,20 @@ class UserService(user_service_pb2_grpc.UserServiceServicer):
         patch = json_format.MessageToDict(request.patch)
         options = await handlers.update_options(current_session(), current_user_id(), patch)
         return user_service_pb2.UpdateOptionsResponse(options=_struct(options))
+
+    async def DeleteMe(
+        self, request: user_service_pb2.DeleteMeRequest, context: Context
+    ) -> user_service_pb2.DeleteMeResponse:
+        if self.tasks is None:
+            raise Unavailable("account deletion needs the task service")
+        task = await deletion.request_deletion(current_session(), self.tasks, current_user_id())
+        return user_service_pb2.DeleteMeResponse(task_id=task.task_id, status=task.status)
+
+    async def PurgeUserData(
+        self, request: user_service_pb2.PurgeUserDataRequest, context: Context
+    ) -> user_service_pb2.PurgeUserDataResponse:
+        deleted = await deletion.purge_user(current_session(), request.user_id)
+        return user_service_pb2.PurgeUserDataResponse(deleted_count=deleted)
 
     async def GetUser(
         self, request: user_service_pb2.GetUserRequest, context: Context
