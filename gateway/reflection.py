@@ -82,7 +82,9 @@ async def fetch_descriptors(channel: grpc.aio.Channel, deadline: float = 5.0) ->
     try:
         return await _fetch(channel, REFLECTION_V1, deadline)
     except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+        # A server without v1 answers UNIMPLEMENTED, but when that answer races our first
+        # write, grpc.aio reports the failed write as INTERNAL instead.
+        if error.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL):
             raise
     return await _fetch(channel, REFLECTION_V1ALPHA, deadline)
 
