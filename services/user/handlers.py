@@ -12,8 +12,9 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from libs.access import RoleLoader, Roles
 from libs.db import Database
-from libs.errors import InvalidArgument, NotFound
+from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.ids import is_ulid, new_id
+from libs.pagination import decode_page_token, encode_page_token, page_size
 from services.user.models import User
 
 EDITABLE_FIELDS = frozenset({"display_name", "picture_url"})
@@ -35,6 +36,9 @@ def _validate_profile(changes: Mapping[str, str]) -> None:
     unknown = set(changes) - EDITABLE_FIELDS
     for field in sorted(unknown):
         violations[f"update_mask.{field}"] = "only display_name and picture_url can be changed"
+    for field, value in changes.items():
+        if _has_nul(value):
+            violations[field] = "must not contain U+0000"
     name = changes.get("display_name")
     if name is not None and (not name.strip() or len(name) > MAX_DISPLAY_NAME):
         violations["display_name"] = f"must be 1 to {MAX_DISPLAY_NAME} characters"
@@ -56,6 +60,17 @@ async def update_profile(session: AsyncSession, user_id: str, changes: Mapping[s
     return user
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a JSON value holds U+0000 anywhere, which PostgreSQL text and JSONB refuse."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 JSON merge patch: objects merge recursively, null removes, the rest replaces."""
     if not isinstance(patch, dict):
@@ -73,6 +88,11 @@ async def update_options(
     session: AsyncSession, user_id: str, patch: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Merge-patch the options under a row lock, so concurrent patches never lose an update."""
+    if _has_nul(patch):
+        raise InvalidArgument(
+            "options cannot hold NUL characters",
+            field_violations={"patch": "keys and strings must not contain U+0000"},
+        )
     if not is_ulid(user_id):
         raise NotFound("user not found")
     user = await session.scalar(select(User).where(User.id == user_id).with_for_update())
@@ -160,3 +180,33 @@ async def set_roles(
     await session.flush()
     await session.refresh(user)
     return user
+
+
+async def list_users(
+    session: AsyncSession, *, requested_size: int, page_token: str
+) -> tuple[list[User], str]:
+    """One page of users, oldest first (ULIDs sort by creation), and the next page's token."""
+    size = page_size(requested_size)
+    position = decode_page_token(page_token, 1)
+    query = select(User).order_by(User.id).limit(size + 1)
+    if position is not None:
+        query = query.where(User.id > position[0])
+    users = list((await session.scalars(query)).all())
+    next_token = encode_page_token(users[size - 1].id) if len(users) > size else ""
+    return users[:size], next_token
+
+
+async def update_roles(
+    session: AsyncSession,
+    actor_id: str,
+    user_id: str,
+    *,
+    is_premium: bool | None,
+    is_admin: bool | None,
+) -> User:
+    """An administrator grants or withdraws roles; nobody removes their own admin role."""
+    if user_id == actor_id and is_admin is False:
+        raise FailedPrecondition(
+            "administrators cannot remove their own admin role", reason="SELF_DEMOTION"
+        )
+    return await set_roles(session, user_id, is_premium=is_premium, is_admin=is_admin)

@@ -121,3 +121,25 @@ class UserService(user_service_pb2_grpc.UserServiceServicer):
             picture_url=request.picture_url,
         )
         return user_service_pb2.UpsertGoogleUserResponse(user=to_proto(user), created=created)
+
+    async def ListUsers(
+        self, request: user_service_pb2.ListUsersRequest, context: Context
+    ) -> user_service_pb2.ListUsersResponse:
+        users, next_token = await handlers.list_users(
+            current_session(), requested_size=request.page_size, page_token=request.page_token
+        )
+        return user_service_pb2.ListUsersResponse(
+            users=[to_proto(user) for user in users], next_page_token=next_token
+        )
+
+    async def UpdateUserRoles(
+        self, request: user_service_pb2.UpdateUserRolesRequest, context: Context
+    ) -> user_service_pb2.UpdateUserRolesResponse:
+        user = await handlers.update_roles(
+            current_session(),
+            current_user_id(),
+            request.user_id,
+            is_premium=request.is_premium if request.HasField("is_premium") else None,
+            is_admin=request.is_admin if request.HasField("is_admin") else None,
+        )
+        return user_service_pb2.UpdateUserRolesResponse(user=to_proto(user))
