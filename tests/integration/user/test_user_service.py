@@ -217,3 +217,25 @@ async def test_request_id_is_taken_from_metadata_and_echoed(
         await generated
     echoed = dict(await generated.initial_metadata())
     assert len(echoed["x-request-id"]) == 26
+
+
+async def test_nul_characters_are_invalid_not_internal(
+    user_service: RunningService, stub: Any
+) -> None:
+    user = (await upsert(user_service, stub, "google-8", "nul@example.com")).user
+    token = bearer(user_service.user_token(user.id))
+    for patch in ({"a\x00": 1}, {"a": "b\x00"}, {"a": ["\x00"]}):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UpdateOptions(
+                user_service_pb2.UpdateOptionsRequest(patch=struct(patch)), metadata=token
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UpdateMe(
+            user_service_pb2.UpdateMeRequest(
+                user=user_pb2.User(display_name="a\x00b"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=token,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
