@@ -71,17 +71,31 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     async def respond(
-        self, status: int, body: bytes, media_type: bytes = JSON_TYPE, extra: Any = ()
+        self,
+        status: int,
+        body: bytes,
+        media_type: bytes = JSON_TYPE,
+        extra: Any = (),
+        cache_control: bytes | None = None,
     ) -> None:
         """A whole response; an empty body (204) carries no content headers."""
         length = (b"content-length", str(len(body)).encode())
-        headers = [(b"content-type", media_type), length, NO_STORE, *extra] if body else [*extra]
+        caching = (b"cache-control", cache_control) if cache_control else NO_STORE
+        headers = [(b"content-type", media_type), length, caching, *extra] if body else [*extra]
         await self.start(status, headers)
         await self.chunk(body, False)
 
     async def error(self, error: HttpError) -> None:
         """The AIP-193 JSON of ``error`` with its status and headers."""
         await self.respond(error.http_status, error.body(), extra=error.headers)
+
+
+def _cache_control(trailers: Any) -> bytes | None:
+    """The one response header an upstream may set: its Cache-Control (e.g. for JWKS)."""
+    for key, value in trailers or ():
+        if key == "cache-control" and isinstance(value, str) and _printable(value):
+            return value.encode("latin-1")
+    return None
 
 
 def _not_found() -> HttpError:
@@ -214,13 +228,19 @@ class GatewayApp:
             )
             return
         try:
-            response = await route.call(request, timeout=timeout, metadata=metadata)
+            call = route.call(request, timeout=timeout, metadata=metadata)
+            response = await call
+            trailers = await call.trailing_metadata()
         except grpc.aio.AioRpcError as error:
             raise self._upstream_error(route, error) from None
         if route.success == HTTPStatus.NO_CONTENT:
             await exchange.respond(route.success, b"")
         else:
-            await exchange.respond(route.success, encode(response_json(route, response)))
+            await exchange.respond(
+                route.success,
+                encode(response_json(route, response)),
+                cache_control=_cache_control(trailers),
+            )
 
     def _upstream_error(self, route: Route, error: grpc.aio.AioRpcError) -> HttpError:
         if error.code() == grpc.StatusCode.UNIMPLEMENTED:

@@ -311,3 +311,16 @@ def test_key_rotation_without_restart(stack: Stack, google_issuer: GoogleIssuer)
     # Every service verifies the new kid without a restart; the old token still works.
     assert client.me(latest["access_token"]).status_code == 200
     assert client.me(before["access_token"]).status_code == 200
+
+
+def test_jwks_is_public_and_cacheable(stack: Stack) -> None:
+    response = httpx.get(f"{stack.gateway_url}/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert response.headers["cache-control"].startswith("public, max-age=")
+    assert all("d" not in key for key in response.json()["keys"])
+    # Everything else stays uncacheable.
+    token = stack.mint_token("cache@example.com")
+    me = httpx.get(
+        f"{stack.gateway_url}/api/users/me", headers={"authorization": f"Bearer {token}"}
+    )
+    assert me.headers["cache-control"] == "no-store"
