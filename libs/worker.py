@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import task_unknown, worker_process_init, worker_process_shutdown
 
 from libs.config import Settings
 from libs.logs import configure_logging
@@ -23,6 +23,7 @@ from libs.tasks.runtime import (
     bind_tasks,
     close_child,
     configure_worker_settings,
+    fail_unknown_kind,
     init_child,
 )
 
@@ -68,6 +69,11 @@ def _close_child(**_: object) -> None:
     close_child()
 
 
+def _unknown_task(message: object, name: str, **_: object) -> None:
+    assert _settings is not None
+    fail_unknown_kind(_settings, message, name)
+
+
 _settings: Settings | None = None
 
 
@@ -86,6 +92,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None) -> int:
     _warn_if_redis_evicts(settings)
     worker_process_init.connect(_init_child, weak=False)
     worker_process_shutdown.connect(_close_child, weak=False)
+    task_unknown.connect(_unknown_task, weak=False)
     processes = concurrency or settings.worker_concurrency
     log.info("worker starting with %d processes for %s", processes, ", ".join(sorted(REGISTRY)))
     app.worker_main(

@@ -29,6 +29,7 @@ BATCH_SIZE = 100
 _MIN_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
 _WARN_INTERVAL = 30.0
+_LOCKED_RETRY_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class OutboxRelay:
                 self._wakeup.clear()
                 try:
                     sent = await self.relay_once()
+                    idle = 0.0 if sent >= self.batch_size else await self._idle_seconds()
+                    if sent == 0 and idle <= 0:
+                        # Due rows another replica holds: look again shortly, don't spin.
+                        idle = _LOCKED_RETRY_SECONDS
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # broker or database down: keep the rows, retry
@@ -80,10 +85,10 @@ class OutboxRelay:
                 if backoff > _MIN_BACKOFF:
                     log.info("outbox relay publishing again")
                 backoff = _MIN_BACKOFF
-                if sent >= self.batch_size:
+                if idle <= 0:
                     continue
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), await self._idle_seconds())
+                    await asyncio.wait_for(self._wakeup.wait(), idle)
                 except TimeoutError:
                     pass
         finally:

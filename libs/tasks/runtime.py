@@ -30,7 +30,7 @@ from celery import Task as CeleryTask
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.config import Settings
@@ -274,152 +274,194 @@ class ChildRuntime:
 
 
 async def execute(spec: TaskSpec, task_id: str, runtime: ChildRuntime) -> str:
-    """One delivery: lock, claim, run, record. Returns the status it left (or "skipped")."""
+    """One delivery: lock, claim, run, record. Returns the status it left (or "skipped").
+
+    One connection carries the whole delivery: the claim commits together with taking
+    the task's session-level advisory lock, and the result together with releasing it.
+    A connection that could not release the lock is discarded, never pooled.
+    """
     token = task_id_var.set(task_id)
     try:
-        async with runtime.database.engine.connect() as lock_conn:
-            if not await _lock(lock_conn, task_id):
-                log.warning("another attempt holds this task; leaving it to that attempt")
-                return "skipped"
+        async with runtime.database.engine.connect() as conn:
+            released = False
             try:
-                return await _claim_and_run(spec, task_id, runtime)
+                claimed = await _claim(conn, spec, task_id, runtime)
+                if isinstance(claimed, str):
+                    released = True  # no lock taken, or already released with the decision
+                    return claimed
+                status = await _run(conn, spec, claimed, runtime.settings)
+                released = True
+                return status
             finally:
-                await _unlock(lock_conn, task_id)
+                if not released:
+                    await conn.invalidate()
     finally:
         task_id_var.reset(token)
 
 
-async def _lock(conn: AsyncConnection, task_id: str) -> bool:
-    await conn.execute(text(f"SET lock_timeout = '{LOCK_WAIT}'"))
+async def _claim(
+    conn: AsyncConnection, spec: TaskSpec, task_id: str, runtime: ChildRuntime
+) -> "TaskContext | str":
+    """Lock the task and mark it running; or decide it must not run, and say how it ended."""
+    key = lock_key(task_id)
+    max_attempts = spec.attempts(runtime.settings)
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
     try:
-        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(task_id)})
+        await conn.execute(select(func.pg_advisory_lock(key)))
     except sa_exc.OperationalError as error:
+        await conn.rollback()
         if isinstance(error.orig, psycopg.errors.LockNotAvailable):
-            await conn.rollback()
-            return False
+            log.warning("another attempt holds this task; leaving it to that attempt")
+            return "skipped"
         raise
-    # The lock belongs to the session, not the transaction: don't sit idle in one.
-    await conn.commit()
-    return True
-
-
-async def _unlock(conn: AsyncConnection, task_id: str) -> None:
-    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(task_id)})
-    await conn.execute(text("RESET lock_timeout"))
-    await conn.commit()
-
-
-async def _claim_and_run(spec: TaskSpec, task_id: str, runtime: ChildRuntime) -> str:
-    settings = runtime.settings
-    max_attempts = spec.attempts(settings)
-    async with get_db_context() as session:
-        row = await session.get(Task, task_id, with_for_update=True)
-        if row is None:
-            log.warning("no such task (purged?); message dropped")
-            return "skipped"
-        if row.status in FINAL_STATUSES:
-            log.info("already %s; duplicate delivery ignored", row.status)
-            return "skipped"
-        if row.cancel_requested:
-            _finish_row(row, CANCELLED, {"success": False, "error": "cancelled"}, "cancelled")
-            log.info("cancelled before it ran again")
-            return CANCELLED
-        if row.attempts >= max_attempts:
-            error = f"gave up after {row.attempts} attempts" + (
-                f"; last error: {row.error}" if row.error else ""
+    row = (
+        await conn.execute(
+            update(Task)
+            .where(
+                Task.id == task_id,
+                Task.status.in_((PENDING, RUNNING)),
+                Task.cancel_requested.is_(False),
+                Task.attempts < max_attempts,
             )
-            _finish_row(row, FAILED, {"success": False, "error": error}, error)
-            log.error("%s", error)
-            return FAILED
-        if row.status == RUNNING:
-            log.warning("attempt %d was lost; running the task again", row.attempts)
-        row.status = RUNNING
-        row.attempts += 1
-        if row.started_at is None:
-            row.started_at = dt.datetime.now(dt.UTC)
-        context = TaskContext(
-            task_id=task_id,
-            kind=row.kind,
-            user_id=row.user_id,
-            params=dict(row.params or {}),
-            attempt=row.attempts,
-            runtime=runtime,
+            .values(
+                status=RUNNING,
+                attempts=Task.attempts + 1,
+                started_at=func.coalesce(Task.started_at, func.now()),
+                error="",
+            )
+            .returning(Task.kind, Task.user_id, Task.params, Task.attempts)
         )
-    log.info("running %s (attempt %d of %d)", spec.kind, context.attempt, max_attempts)
+    ).one_or_none()
+    if row is None:
+        outcome = await _refuse(conn, task_id)
+        await conn.execute(select(func.pg_advisory_unlock(key)))
+        await conn.commit()
+        return outcome
+    await conn.commit()
+    if row.attempts > 1:
+        log.warning("attempt %d: the task runs again after a lost or failed attempt", row.attempts)
+    return TaskContext(
+        task_id=task_id,
+        kind=row.kind,
+        user_id=row.user_id,
+        params=dict(row.params or {}),
+        attempt=row.attempts,
+        runtime=runtime,
+    )
+
+
+async def _refuse(conn: AsyncConnection, task_id: str) -> str:
+    """Why a delivery must not run the task, recorded when that ends the task."""
+    row = (
+        await conn.execute(
+            select(Task.status, Task.cancel_requested, Task.attempts, Task.error).where(
+                Task.id == task_id
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        log.warning("no such task (purged?); message dropped")
+        return "skipped"
+    if row.status in FINAL_STATUSES:
+        log.info("already %s; duplicate delivery ignored", row.status)
+        return "skipped"
+    if row.cancel_requested:
+        await _record(conn, task_id, CANCELLED, {"success": False, "error": "cancelled"})
+        return CANCELLED
+    error = f"gave up after {row.attempts} attempts" + (
+        f"; last error: {row.error}" if row.error else ""
+    )
+    await _record(conn, task_id, FAILED, {"success": False, "error": error})
+    return FAILED
+
+
+async def _run(
+    conn: AsyncConnection, spec: TaskSpec, context: TaskContext, settings: Settings
+) -> str:
+    """Run the task under its time limit and record the outcome, releasing the lock."""
+    log.info("running %s (attempt %d of %d)", spec.kind, context.attempt, spec.attempts(settings))
     limits = spec.limits(settings)
     timeout = asyncio.timeout(limits.task)
+    retry_in: float | None = None
+    cancelled = False
     try:
         async with timeout:
             value = await spec.function(context)
+        outcome = envelope(value)
+        try:
+            json.dumps(outcome)
+        except (TypeError, ValueError) as error:
+            outcome = {"success": False, "error": f"the task's result is not JSON: {error}"}
     except TaskCancelled:
-        return await _finish(task_id, CANCELLED, {"success": False, "error": "cancelled"})
-    except TimeoutError as error:
-        if not timeout.expired():
-            return await _fail_or_retry(spec, context, error, max_attempts, settings)
-        message = f"time limit of {limits.task:g} s exceeded"
-        return await _finish(task_id, FAILED, {"success": False, "error": message})
+        cancelled = True
+        outcome = {"success": False, "error": "cancelled"}
     except Exception as error:  # the task's own failure, recorded as its result
-        return await _fail_or_retry(spec, context, error, max_attempts, settings)
-    outcome = envelope(value)
-    try:
-        json.dumps(outcome)
-    except (TypeError, ValueError) as error:
-        message = f"the task's result is not JSON: {error}"
-        return await _finish(task_id, FAILED, {"success": False, "error": message})
-    if outcome["success"]:
-        return await _finish(task_id, COMPLETED, outcome, detach_owner=spec.detach_owner_on_success)
-    return await _finish(task_id, FAILED, outcome)
-
-
-async def _fail_or_retry(
-    spec: TaskSpec,
-    context: TaskContext,
-    error: Exception,
-    max_attempts: int,
-    settings: Settings,
-) -> str:
-    message = describe(error)
-    if is_transient(error) and context.attempt < max_attempts:
-        delay = retry_delay(
-            context.attempt,
-            settings.task_retry_backoff_seconds,
-            settings.task_retry_backoff_max_seconds,
-        )
-        async with get_db_context() as session:
-            moved = await session.execute(
-                update(Task)
-                .where(Task.id == context.task_id, Task.status == RUNNING)
-                .values(status=PENDING, error=f"attempt {context.attempt}: {message}")
+        if isinstance(error, TimeoutError) and timeout.expired():
+            outcome = {"success": False, "error": f"time limit of {limits.task:g} s exceeded"}
+        elif is_transient(error) and context.attempt < spec.attempts(settings):
+            retry_in = retry_delay(
+                context.attempt,
+                settings.task_retry_backoff_seconds,
+                settings.task_retry_backoff_max_seconds,
             )
-            if moved.rowcount:  # type: ignore[attr-defined]
-                await session.execute(
-                    insert(Outbox).values(
-                        task_id=context.task_id,
-                        kind=spec.kind,
-                        available_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay),
-                    )
-                )
-        log.warning(
-            "attempt %d failed with a transient error, retrying in %.1f s: %s",
-            context.attempt,
-            delay,
-            message,
+            outcome = {"success": False, "error": f"attempt {context.attempt}: {describe(error)}"}
+            log.warning(
+                "attempt %d failed with a transient error, retrying in %.1f s: %s",
+                context.attempt,
+                retry_in,
+                describe(error),
+            )
+        else:
+            outcome = {"success": False, "error": describe(error)}
+            log.error("failed: %s", outcome["error"], exc_info=error)
+    if retry_in is not None:
+        status = await _schedule_retry(conn, spec, context.task_id, outcome["error"], retry_in)
+    elif cancelled:
+        status = await _record(conn, context.task_id, CANCELLED, outcome)
+    else:
+        status = await _record(
+            conn,
+            context.task_id,
+            COMPLETED if outcome["success"] else FAILED,
+            outcome,
+            detach_owner=spec.detach_owner_on_success and bool(outcome["success"]),
         )
-        return PENDING
-    log.error("failed: %s", message, exc_info=error)
-    return await _finish(context.task_id, FAILED, {"success": False, "error": message})
+    await conn.execute(select(func.pg_advisory_unlock(lock_key(context.task_id))))
+    await conn.commit()
+    return status
 
 
-def _finish_row(row: Task, status: str, result: dict[str, Any], error: str) -> None:
-    row.status = status
-    row.result = result
-    row.error = error
-    row.finished_at = dt.datetime.now(dt.UTC)
-
-
-async def _finish(
-    task_id: str, status: str, result: dict[str, Any], *, detach_owner: bool = False
+async def _schedule_retry(
+    conn: AsyncConnection, spec: TaskSpec, task_id: str, error: str, delay: float
 ) -> str:
+    """Back to pending, with an outbox message due after the backoff (durable, like enqueue)."""
+    moved = await conn.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == RUNNING)
+        .values(status=PENDING, error=error)
+    )
+    if not moved.rowcount:
+        log.warning("could not schedule a retry: the task is gone or no longer running")
+        return "skipped"
+    await conn.execute(
+        insert(Outbox).values(
+            task_id=task_id,
+            kind=spec.kind,
+            available_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay),
+        )
+    )
+    return PENDING
+
+
+async def _record(
+    conn: AsyncConnection,
+    task_id: str,
+    status: str,
+    result: dict[str, Any],
+    *,
+    detach_owner: bool = False,
+) -> str:
+    """Write a final status and its result dict (in the caller's transaction)."""
     values: dict[str, Any] = {
         "status": status,
         "result": result,
@@ -430,12 +472,11 @@ async def _finish(
         values["progress"] = 100
     if detach_owner:
         values["user_id"] = None
-    async with get_db_context() as session:
-        done = await session.execute(
-            update(Task).where(Task.id == task_id, Task.status == RUNNING).values(**values)
-        )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        log.warning("could not record %s: the task is gone or no longer running", status)
+    done = await conn.execute(
+        update(Task).where(Task.id == task_id, Task.status.in_((PENDING, RUNNING))).values(**values)
+    )
+    if not done.rowcount:
+        log.warning("could not record %s: the task is gone or already final", status)
         return "skipped"
     log.info("%s", status if status != FAILED else f"failed: {values['error']}")
     return status
@@ -495,6 +536,36 @@ def record_lost_attempt(
             log.error("%sfailed: %s", prefix, error)
     except psycopg.Error:
         log.exception("%scannot record the lost attempt (%s)", prefix, reason)
+
+
+def fail_unknown_kind(settings: Settings, message: Any, kind: str) -> None:
+    """Fail a task no worker of this deployment can run, rather than leave it pending."""
+    try:
+        task_id = _task_id_of(message.decode()[0])
+    except (TypeError, ValueError, IndexError, KeyError):
+        task_id = None
+    if task_id is None or not settings.database_url:
+        return
+    error = f"no worker knows task kind {kind!r}"
+    try:
+        with psycopg.connect(_libpq_url(settings.database_url)) as conn:
+            conn.execute(
+                "UPDATE tasks.tasks SET status = %s, error = %s, result = %s,"
+                " finished_at = now(), updated_at = now()"
+                " WHERE id = %s AND status IN (%s, %s)",
+                (
+                    FAILED,
+                    error,
+                    json.dumps({"success": False, "error": error}),
+                    task_id,
+                    PENDING,
+                    RUNNING,
+                ),
+            )
+    except psycopg.Error:
+        log.exception("[%s] cannot record the unknown task kind %s", task_id, kind)
+        return
+    log.error("[%s] failed: %s", task_id, error)
 
 
 _worker_settings: Settings | None = None

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +38,7 @@ KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 DEADLINE_MARGIN_SECONDS = 0.25
 # Statuses under which an idempotency key is taken (the partial unique index).
 _KEY_HOLDING = (PENDING, RUNNING, "completed")
+_KEY_INDEX_PREDICATE = f"idempotency_key IS NOT NULL AND status NOT IN ('{FAILED}', '{CANCELLED}')"
 
 
 def _not_found() -> NotFound:
@@ -230,7 +231,7 @@ async def enqueue(
     _check_enqueue(kind, user_id or "", params, idempotency_key)
     key_taken = and_(Task.idempotency_key.is_not(None), Task.status.in_(_KEY_HOLDING))
     for _ in range(3):
-        task_id = await session.scalar(
+        task = await session.scalar(
             pg_insert(Task)
             .values(
                 id=new_id(),
@@ -241,16 +242,14 @@ async def enqueue(
             )
             .on_conflict_do_nothing(
                 index_elements=[Task.idempotency_key],
-                index_where=and_(
-                    Task.idempotency_key.is_not(None), Task.status.not_in((FAILED, CANCELLED))
-                ),
+                # Literal, not bound: a prepared statement's generic plan cannot prove
+                # that parameters imply the partial index's predicate.
+                index_where=text(_KEY_INDEX_PREDICATE),
             )
-            .returning(Task.id)
+            .returning(Task)
         )
-        if task_id is not None:
-            await session.execute(insert(Outbox).values(task_id=task_id, kind=kind))
-            task = await _reload_in_transaction(session, task_id)
-            assert task is not None
+        if task is not None:
+            await session.execute(insert(Outbox).values(task_id=task.id, kind=kind))
             return task, True
         existing = await session.scalar(
             select(Task).where(Task.idempotency_key == idempotency_key, key_taken)

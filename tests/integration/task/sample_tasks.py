@@ -68,7 +68,6 @@ async def gated(ctx: TaskContext) -> Any:
     while not gate.exists():
         await ctx.checkpoint()
         await asyncio.sleep(0.02)
-    await ctx.progress(90)
     return {"effects": len(list(_dir(ctx).glob(f"effect-{ctx.task_id}")))}
 
 
