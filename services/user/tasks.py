@@ -5,8 +5,12 @@ implements an idempotent INTERNAL ``folio.<svc>.v1.<Svc>Service/PurgeUserData`` 
 request carries the user id as field 1. The services are those of this deployment
 (``services/<name>/server.py``); one that answers UNIMPLEMENTED holds no user data yet and
 is skipped, one that is down fails the attempt, which is retried. The auth service goes
-first (its purge ends every session), the task service next, the user row last. Then the
-user's access tokens are revoked, and the task completes as an anonymous receipt.
+first (its purge ends every session, so the user's tokens stop working), the task service
+next, the user row last. The task completes as an anonymous receipt.
+
+The task reports no progress between starting and finishing: its owner is signed out by
+the first purge, so the only way they see the outcome is a long poll already waiting, and
+a progress change would end that poll early.
 """
 
 import logging
@@ -18,15 +22,10 @@ import redis.asyncio as aioredis
 
 from folio.user.v1 import user_service_pb2
 from libs.devstack import available_services
+from libs.revocation import NOT_BEFORE_KEY, REVOCATION_TTL
 from libs.tasks import ACCOUNT_DELETION_KIND, TaskContext, task
-from libs.tokens import ACCESS_TOKEN_TTL, MAX_LEEWAY
 
 log = logging.getLogger(__name__)
-
-# The key and lifetime the access interceptor checks: a token issued before the
-# recorded time is refused; the record only has to outlive the longest-lived token.
-NOT_BEFORE_KEY = "folio:auth:not-before:"
-REVOCATION_TTL = ACCESS_TOKEN_TTL + MAX_LEEWAY
 
 
 def purge_order(services: list[str]) -> list[str]:
@@ -60,7 +59,11 @@ async def purge(ctx: TaskContext, service: str, user_id: str) -> int | None:
 
 
 async def revoke_access_tokens(ctx: TaskContext, user_id: str) -> None:
-    """Refuse every access token issued to the user so far, in every service."""
+    """Refuse every access token issued to the user so far, in every service.
+
+    The auth service's purge does this too; this covers a token issued in the very second
+    of that purge, and deployments without the auth service.
+    """
     redis_url = ctx.settings.redis_url
     assert redis_url
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
@@ -85,8 +88,7 @@ async def delete_account(ctx: TaskContext) -> dict[str, Any]:
     await ctx.checkpoint()
     services = purge_order(available_services())
     purged: dict[str, int] = {}
-    for index, service in enumerate(services):
-        await ctx.progress(90 * index // len(services), cancellable=False)
+    for service in services:
         count = await purge(ctx, service, user_id)
         if count is not None:
             purged[service] = count
