@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery
@@ -60,6 +61,34 @@ def _warn_if_redis_evicts(settings: Settings) -> None:
         log.warning("Redis maxmemory-policy is %s; set noeviction so tasks are not lost", policy)
 
 
+def _survive_broker_loss_with_unacked_messages() -> None:
+    """Keep the worker alive when Redis goes away while a late-acked task runs.
+
+    Celery 5.7 collects the broken connection (which drops the transport's client) and
+    then closes it; closing tries to push unacked messages back to Redis through that
+    client and dies with AttributeError, which Celery treats as unrecoverable. The
+    messages stay in Redis's unacked set and come back after the visibility timeout; the
+    runtime requeues the interrupted tasks through the outbox well before that.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "folio_patched", False):
+        return
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        if client is None and self.channel.connection.client is None:
+            log.warning(
+                "broker connection lost with %d unacked message(s); Redis keeps them",
+                len(self._delivered),
+            )
+            return None
+        return original(self, client)  # type: ignore[no-untyped-call]
+
+    restore_unacked.folio_patched = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
 def _init_child(**_: object) -> None:
     assert _settings is not None
     init_child(_settings)
@@ -89,6 +118,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None) -> int:
     _settings = settings
     configure_worker_settings(settings)
     app = build_worker_app(settings)
+    _survive_broker_loss_with_unacked_messages()
     _warn_if_redis_evicts(settings)
     worker_process_init.connect(_init_child, weak=False)
     worker_process_shutdown.connect(_close_child, weak=False)

