@@ -471,7 +471,8 @@ async def _record(
     if status == COMPLETED:
         values["progress"] = 100
     if detach_owner:
-        values["user_id"] = None
+        # An anonymous receipt: nothing in it may name the user any more.
+        values.update(user_id=None, params={}, idempotency_key=None)
     done = await conn.execute(
         update(Task).where(Task.id == task_id, Task.status.in_((PENDING, RUNNING))).values(**values)
     )
