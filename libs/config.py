@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Celery's soft and hard limits, all below the broker's visibility timeout, so Redis
     # never hands a task that is still running to a second worker.
     task_time_limit_seconds: float = 300.0
+    task_soft_limit_margin_seconds: float = 5.0
+    task_hard_limit_margin_seconds: float = 15.0
     task_max_attempts: int = 3
     task_retry_backoff_seconds: float = 2.0
     task_retry_backoff_max_seconds: float = 300.0

@@ -14,10 +14,6 @@ from libs.config import Settings
 from libs.embedded import celery_broker_url
 
 QUEUE = "folio"
-# Celery's soft limit is a backstop behind the runtime's own asyncio timeout, and its
-# hard limit (which kills the child) a backstop behind that.
-SOFT_LIMIT_MARGIN_SECONDS = 5.0
-HARD_LIMIT_MARGIN_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -29,11 +25,12 @@ class TimeLimits:
     hard: float
 
     @classmethod
-    def for_task(cls, seconds: float) -> "TimeLimits":
+    def for_task(cls, seconds: float, settings: Settings) -> "TimeLimits":
+        """Limits for a task of ``seconds``: Celery's soft, then hard (kill) limit behind it."""
         return cls(
             task=seconds,
-            soft=seconds + SOFT_LIMIT_MARGIN_SECONDS,
-            hard=seconds + HARD_LIMIT_MARGIN_SECONDS,
+            soft=seconds + settings.task_soft_limit_margin_seconds,
+            hard=seconds + settings.task_hard_limit_margin_seconds,
         )
 
     def check(self, visibility_timeout: float) -> None:
@@ -54,7 +51,8 @@ def broker_url(settings: Settings) -> str:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings of every Folio process that publishes or runs tasks."""
     visibility = settings.broker_visibility_timeout_seconds
-    TimeLimits.for_task(settings.task_time_limit_seconds).check(visibility)
+    limits = TimeLimits.for_task(settings.task_time_limit_seconds, settings)
+    limits.check(visibility)
     transport = {
         # Item 2: a message not acked within this is redelivered; every time limit is
         # below it. The same value for results and the broker: the shortest one wins.
@@ -80,8 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Item 3: every task has limits; the runtime's own is set per task.
-        "task_soft_time_limit": settings.task_time_limit_seconds + SOFT_LIMIT_MARGIN_SECONDS,
-        "task_time_limit": settings.task_time_limit_seconds + HARD_LIMIT_MARGIN_SECONDS,
+        "task_soft_time_limit": limits.soft,
+        "task_time_limit": limits.hard,
         # Item 4: one message per free process, none held for later.
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": True,

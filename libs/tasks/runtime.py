@@ -99,7 +99,7 @@ class TaskSpec:
         return self.kind.split(".", 1)[0]
 
     def limits(self, settings: Settings) -> TimeLimits:
-        return TimeLimits.for_task(self.time_limit or settings.task_time_limit_seconds)
+        return TimeLimits.for_task(self.time_limit or settings.task_time_limit_seconds, settings)
 
     def attempts(self, settings: Settings) -> int:
         return self.max_attempts or settings.task_max_attempts

@@ -171,7 +171,13 @@ async def task_service(
 class Worker:
     """``folio worker`` as a subprocess, logging to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         self.env = {
             **os.environ,
@@ -182,6 +188,7 @@ class Worker:
             "FOLIO_TASK_RETRY_BACKOFF_SECONDS": str(settings.task_retry_backoff_seconds),
             "FOLIO_TASK_RETRY_BACKOFF_MAX_SECONDS": str(settings.task_retry_backoff_max_seconds),
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None

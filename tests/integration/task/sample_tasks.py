@@ -6,8 +6,11 @@ runs that were killed half-way.
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from libs.tasks import TaskContext, TransientError, task
 
@@ -75,4 +78,23 @@ async def gated(ctx: TaskContext) -> Any:
 async def slow(_ctx: TaskContext) -> Any:
     """Outlives its one-second time limit."""
     await asyncio.sleep(30)
+    return "unreachable"
+
+
+@task("test.blocking", time_limit=0.5)
+async def blocking(_ctx: TaskContext) -> Any:
+    """Blocks its event loop, so only Celery's soft limit can stop it."""
+    time.sleep(30)  # noqa: ASYNC251 - a task stuck in blocking code is the point
+    return "unreachable"
+
+
+@task("test.stubborn", time_limit=0.5)
+async def stubborn(_ctx: TaskContext) -> Any:
+    """Ignores the soft limit too, so only the hard limit (killing the process) stops it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(30)  # noqa: ASYNC251 - as above
+        except SoftTimeLimitExceeded:
+            continue
     return "unreachable"

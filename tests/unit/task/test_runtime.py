@@ -24,7 +24,7 @@ def settings(**overrides: object) -> Settings:
 
 
 def test_time_limits_are_ordered_below_the_visibility_timeout() -> None:
-    limits = TimeLimits.for_task(60)
+    limits = TimeLimits.for_task(60, settings())
     assert limits.task < limits.soft < limits.hard
     limits.check(3600)
     with pytest.raises(ValueError, match="visibility timeout"):
