@@ -92,22 +92,23 @@ async def get_task(
     owner as it completes, and the owner's poll must still see it complete.
     """
     check_wait(wait_seconds)
-    task = await get_owned(session, task_id, user_id)
-    if wait_seconds == 0 or task.status in FINAL_STATUSES:
-        return task
+    if wait_seconds == 0:
+        return await get_owned(session, task_id, user_id)
     budget = float(wait_seconds)
     if time_remaining is not None:
         budget = min(budget, time_remaining - DEADLINE_MARGIN_SECONDS)
     deadline = time.monotonic() + budget
-    seen = _visible_state(task)
-    await session.commit()
+    # Subscribed before the first read, so no change slips in between.
     async with watchers.watch(task_id) as changed:
-        # Read again only now that we are subscribed, so no change slips between the two.
-        current = await _reload(session, task_id)
+        task = await get_owned(session, task_id, user_id)
+        seen = _visible_state(task)
+        # A waiting poll holds no database connection.
+        await session.commit()
+        current: Task | None = task
         while True:
             if current is None:
                 raise _not_found()
-            if _visible_state(current) != seen:
+            if current.status in FINAL_STATUSES or _visible_state(current) != seen:
                 return current
             remaining = deadline - time.monotonic()
             if remaining <= 0:
