@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ import redis.exceptions
 from billiard.exceptions import WorkerLostError  # type: ignore[import-untyped]
 from celery import Celery
 from celery import Task as CeleryTask
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, select, text, update
@@ -66,6 +67,8 @@ TRANSIENT_GRPC_CODES = frozenset(
 # long enough for a killed child's database session to go away, short enough not to
 # tie up a worker process behind a live attempt (whose own message is still unacked).
 LOCK_WAIT = "10s"
+# How long a worker process pauses before giving a message back when the database is down.
+DATABASE_RETRY_PAUSE_SECONDS = 2.0
 # What a task may say about itself in the {"success": ..., ...} dict.
 _ENVELOPE_KEYS = frozenset({"success", "result", "error"})
 _MAX_ERROR_CHARS = 2000
@@ -92,11 +95,6 @@ class TaskSpec:
     max_attempts: int | None = None
     # Account deletion leaves its task as an anonymous receipt: no owner once it is done.
     detach_owner_on_success: bool = False
-
-    @property
-    def domain(self) -> str:
-        """The service the task belongs to ("user" for "user.delete"), its gRPC caller name."""
-        return self.kind.split(".", 1)[0]
 
     def limits(self, settings: Settings) -> TimeLimits:
         return TimeLimits.for_task(self.time_limit or settings.task_time_limit_seconds, settings)
@@ -685,6 +683,17 @@ def _run_in_child(spec: TaskSpec, task_id: str) -> str:
         except Exception:  # a loop interrupted mid-step may not close cleanly
             log.warning("[%s] could not close the interrupted runtime", task_id, exc_info=True)
         return FAILED
+    except (sa_exc.DBAPIError, psycopg.Error, OSError) as error:
+        # The tasks database is out of reach, so nothing can be claimed or recorded: put
+        # the message back (after a pause, not in a tight loop) rather than ack it and
+        # leave the task pending or running with no message to finish it.
+        log.warning(
+            "[%s] cannot reach the tasks database, requeueing the message: %s",
+            task_id,
+            describe(error),
+        )
+        time.sleep(DATABASE_RETRY_PAUSE_SECONDS)
+        raise Reject(error, requeue=True) from error
 
 
 def bind_tasks(app: Celery, settings: Settings) -> None:
