@@ -18,6 +18,7 @@ from libs.ids import is_ulid, new_id
 from libs.tasks import ACCOUNT_DELETION_KIND
 from libs.tasks.models import (
     CANCELLED,
+    COMPLETED,
     FAILED,
     FINAL_STATUSES,
     PENDING,
@@ -37,7 +38,7 @@ KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 # A long poll answers this long before the caller's deadline, so the answer arrives.
 DEADLINE_MARGIN_SECONDS = 0.25
 # Statuses under which an idempotency key is taken (the partial unique index).
-_KEY_HOLDING = (PENDING, RUNNING, "completed")
+_KEY_HOLDING = (PENDING, RUNNING, COMPLETED)
 _KEY_INDEX_PREDICATE = f"idempotency_key IS NOT NULL AND status NOT IN ('{FAILED}', '{CANCELLED}')"
 
 

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,14 +137,24 @@ class TaskServiceUnderTest:
     async def wait_for(
         self, task_id: str, user_id: str, statuses: set[str], within: float = 30
     ) -> task_service_pb2.GetTaskResponse:
-        """Long-poll until the task has one of ``statuses``."""
+        """The task once it has one of ``statuses`` (long polls in between)."""
+        return await self.wait_until(task_id, user_id, lambda t: t.status in statuses, within)
+
+    async def wait_until(
+        self, task_id: str, user_id: str, check: Callable[[Any], bool], within: float = 30
+    ) -> task_service_pb2.GetTaskResponse:
+        """The task once ``check(task)`` holds.
+
+        Short long polls: one that starts just after the awaited change waits for the
+        next change, so each is kept to a second.
+        """
         deadline = time.monotonic() + within
-        while True:
-            reply = await self.get(task_id, user_id, wait=5)
-            if reply.task.status in statuses:
-                return reply
+        reply = await self.get(task_id, user_id)
+        while not check(reply.task):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {task_id} stayed {reply.task.status}")
+            reply = await self.get(task_id, user_id, wait=1)
+        return reply
 
 
 @pytest.fixture(scope="module")

@@ -53,10 +53,9 @@ async def test_a_task_running_when_the_broker_connection_drops_runs_again_and_co
     user = new_id()
     queued = await task_service.enqueue("test.gated", user, {"dir": str(tmp_path)})
     task_id = queued.task.task_id
-    while True:
-        task = (await task_service.get(task_id, user, wait=5)).task
-        if task.status == "running" and task.progress == 50:
-            break
+    await task_service.wait_until(
+        task_id, user, lambda t: (t.status, t.progress) == ("running", 50)
+    )
     redis_server.stop()
     try:
         # Celery stops the running task when it loses the broker; the worker puts it back

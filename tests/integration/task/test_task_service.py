@@ -38,11 +38,7 @@ async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
 
 async def running(svc: TaskServiceUnderTest, task_id: str, user: str) -> None:
     """Wait until the gated task is running and has applied its effect (progress 50)."""
-    for _ in range(100):
-        task = (await svc.get(task_id, user, wait=5)).task
-        if task.status == "running" and task.progress == 50:
-            return
-    raise TimeoutError(f"task {task_id} never reached its gate")
+    await svc.wait_until(task_id, user, lambda t: (t.status, t.progress) == ("running", 50))
 
 
 async def test_enqueue_is_idempotent_per_key(task_service: TaskServiceUnderTest) -> None:

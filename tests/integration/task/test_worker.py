@@ -103,10 +103,9 @@ async def test_a_task_whose_worker_process_is_killed_completes_once_after_redeli
     queued = await task_service.enqueue("test.gated", user, {"dir": str(tmp_path)})
     task_id = queued.task.task_id
     runs = tmp_path / f"runs-{task_id}"
-    while True:
-        task = (await task_service.get(task_id, user, wait=5)).task
-        if task.status == "running" and task.progress == 50:
-            break
+    await task_service.wait_until(
+        task_id, user, lambda t: (t.status, t.progress) == ("running", 50)
+    )
     first_attempt, pid = runs.read_text().split()
     assert first_attempt == "1" and int(pid) in worker.children()
     os.kill(int(pid), signal.SIGKILL)
