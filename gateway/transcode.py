@@ -139,9 +139,12 @@ def _scalar_problem(value: Any, fd: descriptor.FieldDescriptor) -> str | None:
     holds clients to the documented types so that its OpenAPI schema tells the truth.
     """
     if fd.enum_type is not None:
-        if fd.enum_type.full_name in _NULLABLE or isinstance(value, str):
+        if fd.enum_type.full_name in _NULLABLE:
             return None
-        return "expected the name of an enum value"
+        # The parser would also take "0" for value number 0; only names are documented.
+        if isinstance(value, str) and value in fd.enum_type.values_by_name:
+            return None
+        return "expected one of " + ", ".join(fd.enum_type.values_by_name)
     kind = fd.type
     if isinstance(value, bool):
         return None if kind == _FD.TYPE_BOOL else "expected " + _expected(kind)

@@ -145,6 +145,15 @@ def test_type_errors_name_the_field(table: RouteTable) -> None:
     assert list(_violations(caught.value)) == ["small"]
 
 
+@pytest.mark.parametrize("genre", ["0", 0, "GENRE_NOPE", "genre_fiction"])
+def test_enums_take_only_their_names(table: RouteTable, genre: Any) -> None:
+    with pytest.raises(HttpError) as caught:
+        _request(table, "PATCH", "/v1/shelves/s/books/b", body={"genre": genre})
+    assert list(_violations(caught.value)) == ["book.genre"]
+    named = _request(table, "PATCH", "/v1/shelves/s/books/b", body={"genre": "GENRE_FICTION"})
+    assert _as_dict(named)["book"]["genre"] == "GENRE_FICTION"
+
+
 def test_path_and_body_must_agree(table: RouteTable) -> None:
     same = _request(
         table, "POST", "/v1/shelves/s/books/b:archive", body={"name": "shelves/s/books/b"}
