@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.processes import BIN
+from tests.fixtures.processes import BIN, fuzz_seed
 from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -169,6 +169,7 @@ def test_schemathesis_against_the_real_api(stack: Stack, tmp_path: Path) -> None
             "--request-timeout",
             "15",
             "--no-color",
+            *fuzz_seed(),
             "--report",
             "junit",
             "--report-junit-path",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.fixtures.processes import BIN
+from tests.fixtures.processes import BIN, fuzz_seed
 from tests.integration.gateway.conftest import Gateway
 
 # Fixed values for path parameters, so generated requests reach stored books (not only 404s).
@@ -46,6 +46,7 @@ def run_schemathesis(
         "--request-timeout",
         "15",
         "--no-color",
+        *fuzz_seed(),
         "--report",
         "junit",
         "--report-junit-path",
