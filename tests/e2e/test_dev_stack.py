@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.engines import postgres_data_dir, replace_database
+from tests.fixtures.engines import claimed_redis_db, postgres_data_dir, replace_database
 from tests.fixtures.processes import BIN, free_port, processes_with_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +47,8 @@ class DevStack:
 
 @pytest.fixture
 def dev_stack(postgres_server_url: str, redis_url: str) -> Iterator[DevStack]:
-    with postgres_data_dir() as data_dir:
-        yield from _dev_stack(data_dir, postgres_server_url, redis_url)
+    with postgres_data_dir() as data_dir, claimed_redis_db(redis_url) as own_redis_url:
+        yield from _dev_stack(data_dir, postgres_server_url, own_redis_url)
 
 
 def _dev_stack(data_dir: Path, postgres_server_url: str, redis_url: str) -> Iterator[DevStack]:
