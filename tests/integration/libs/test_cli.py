@@ -1,11 +1,15 @@
 """The ``folio`` command as an operator runs it."""
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.processes import free_port
+from tests.fixtures.services import RunningService
 
 
 def folio(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -53,3 +57,16 @@ def test_bad_usage_is_reported(args: list[str]) -> None:
     result = folio(*args)
     assert result.returncode == 2
     assert "usage: folio" in result.stderr
+
+
+async def test_container_health_check(user_service: RunningService) -> None:
+    async def check(*args: str) -> int:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "libs.healthcheck", *args
+        )
+        return await process.wait()
+
+    assert await check(user_service.address) == 0
+    assert await check(user_service.address, "folio.user.v1.UserService") == 0
+    assert await check(user_service.address, "folio.nope.v1.NopeService") == 1
+    assert await check(f"127.0.0.1:{free_port()}") == 1
