@@ -1,8 +1,9 @@
 """The one Celery app of Folio's worker pool, configured for tasks that must not be lost.
 
 Celery is only the transport: a message carries a task id, and the ``tasks`` table says
-what the task is and what became of it. The settings follow the reliability checklist of
-``reference/tasks-llm-pdf-anchors.md`` §1, items 1-11.
+what the task is and what became of it. The settings close Celery's known ways to lose or
+repeat work: late acks with reject-on-worker-lost, prefetch 1, time limits below the
+visibility timeout, bounded retries for transient faults only.
 """
 
 from dataclasses import dataclass
