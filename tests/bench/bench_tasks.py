@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 import psycopg
-import redis
 from celery import Celery
 from psycopg import sql
 
@@ -39,6 +38,7 @@ from libs.migrations import migrate_all
 from libs.secrets import load_secrets
 from libs.tasks import TaskContext, task
 from libs.tokens import sign_access_token, sign_service_token
+from tests.fixtures.engines import claimed_redis_db, replace_database
 
 LATENCY_SAMPLES = 200
 BURST = 1000
@@ -92,7 +92,7 @@ def engines() -> Iterator[tuple[str, str]]:
             redis_server = start_redis(directory / "redis")
             stops.append(redis_server.stop)
             redis_url = redis_server.url
-        with own_redis_db(redis_url) as url:
+        with claimed_redis_db(redis_url) as url:
             yield database, url
     finally:
         for stop in reversed(stops):
@@ -101,34 +101,7 @@ def engines() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def own_redis_db(redis_url: str) -> Iterator[str]:
-    """A Redis database index nobody else uses meanwhile (tests claim theirs the same way)."""
-    from tests.fixtures.engines import (
-        _REDIS_CLAIM_PREFIX,
-        _RELEASE_CLAIM,
-        _claim_redis_db,
-        redis_db_index,
-        replace_redis_db,
-    )
-
-    token = secrets.token_hex(8)
-    with redis.Redis.from_url(redis_url) as claims:
-        index = _claim_redis_db(claims, redis_db_index(redis_url), token)
-        url = replace_redis_db(redis_url, index)
-        try:
-            with redis.Redis.from_url(url) as client:
-                client.flushdb()
-            yield url
-        finally:
-            with redis.Redis.from_url(url) as client:
-                client.flushdb()
-            claims.eval(_RELEASE_CLAIM, 1, f"{_REDIS_CLAIM_PREFIX}{index}", token)
-
-
-@contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
-    from tests.fixtures.engines import replace_database
-
     name = f"folio_bench_{secrets.token_hex(4)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -15,7 +15,6 @@ import grpc
 import psutil
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from folio.task.v1 import task_service_pb2, task_service_pb2_grpc
@@ -27,14 +26,7 @@ from libs.migrations import migrate_all
 from libs.secrets import Secrets, load_secrets
 from libs.tokens import sign_access_token, sign_service_token
 from services.task.server import create_server
-from tests.fixtures.engines import (
-    _REDIS_CLAIM_PREFIX,
-    _RELEASE_CLAIM,
-    _claim_redis_db,
-    redis_db_index,
-    replace_database,
-    replace_redis_db,
-)
+from tests.fixtures.engines import claimed_redis_db, replace_database
 from tests.fixtures.processes import wait_until
 
 SAMPLE_TASKS = "tests.integration.task.sample_tasks"
@@ -60,19 +52,8 @@ def task_database_url(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def broker_url(redis_url: str) -> Iterator[str]:
     """A Redis database index of this module's own, as the task broker."""
-    base = redis_db_index(redis_url)
-    token = secrets.token_hex(8)
-    with redis.Redis.from_url(redis_url) as claims:
-        index = _claim_redis_db(claims, base, token)
-        url = replace_redis_db(redis_url, index)
-        try:
-            with redis.Redis.from_url(url) as client:
-                client.flushdb()
-            yield url
-            with redis.Redis.from_url(url) as client:
-                client.flushdb()
-        finally:
-            claims.eval(_RELEASE_CLAIM, 1, f"{_REDIS_CLAIM_PREFIX}{index}", token)
+    with claimed_redis_db(redis_url) as url:
+        yield url
 
 
 def task_settings(data_dir: Path, database_url: str, redis_url: str) -> Settings:
