@@ -1,13 +1,12 @@
 """The REST API through the gateway, as a client (curl, a web app) uses it."""
 
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.fixtures.processes import BIN, fuzz_seed
+from tests.fixtures.processes import run_schemathesis
 from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -149,37 +148,7 @@ def test_a_stopped_service_gives_503_and_recovers_without_a_gateway_restart(
 
 def test_schemathesis_against_the_real_api(stack: Stack, tmp_path: Path) -> None:
     token = stack.mint_token("gw-fuzz@example.com")
-    result = subprocess.run(
-        [
-            str(BIN / "st"),
-            "run",
-            f"{stack.gateway_url}/openapi.json",
-            "--header",
-            f"Authorization: Bearer {token}",
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "positive_data_acceptance",
-            "--max-examples",
-            "40",
-            # One worker: CPython 3.11's ast is not thread-safe (gh-106905) and Hypothesis
-            # parses filter lambdas with it, which crashes the run now and then.
-            "--workers",
-            "1",
-            "--request-timeout",
-            "15",
-            "--no-color",
-            *fuzz_seed(),
-            "--report",
-            "junit",
-            "--report-junit-path",
-            str(tmp_path / "junit.xml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=tmp_path,
-    )
+    result = run_schemathesis(stack.gateway_url, token, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-12000:]
     junit = (tmp_path / "junit.xml").read_text()
