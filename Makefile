@@ -44,6 +44,7 @@ lint: setup $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy libs services gateway tests
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m tests.bench

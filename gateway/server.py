@@ -5,6 +5,7 @@ import uvicorn
 from gateway.app import GatewayApp
 from gateway.auth import EdgeAuth
 from gateway.config import GatewaySettings, gateway_settings
+from libs.commands import Command
 from libs.config import Settings
 from libs.logs import configure_logging
 from libs.tokens import AccessTokenVerifier, JwksCache, jwks_fetcher_from_secrets
@@ -51,3 +52,11 @@ def run(settings: Settings | None = None) -> None:
     configure_logging("gateway", config.log_level)
     app = create_app(config)
     uvicorn.Server(uvicorn_config(app, config.bind_host, config.gateway_port)).run()
+
+
+def _run_command(settings: Settings, _args: object) -> int:
+    run(settings)
+    return 0
+
+
+COMMAND = Command(name="gateway", help="run the REST gateway", run=_run_command, dev_process=True)

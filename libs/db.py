@@ -1,8 +1,13 @@
-"""Async SQLAlchemy over psycopg: engines, one session per RPC, and ``get_db_context()``."""
+"""Async SQLAlchemy over psycopg: engines, one session per RPC, and ``get_db_context()``.
+
+Side effects outside the database (Redis, object storage, queueing a task) are registered
+with :func:`after_commit` and run once the session's transaction has committed; a
+rolled-back transaction drops them. Handlers never commit by hand.
+"""
 
 import contextvars
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import DateTime, String, func
@@ -14,8 +19,12 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from libs.embedded import sqlalchemy_url
+from libs.errors import FolioError
 from libs.ids import new_id
+from libs.urls import sqlalchemy_url
+
+_AFTER_COMMIT = "folio.after_commit"
+AfterCommit = Callable[[], Awaitable[object]]
 
 db_session_var: contextvars.ContextVar[AsyncSession | None] = contextvars.ContextVar(
     "db_session", default=None
@@ -37,13 +46,41 @@ class Database:
         async with self._sessions() as session:
             try:
                 yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
+            except FolioError as error:
+                if error.keep_changes:
+                    await commit(session)
+                else:
+                    await _rollback(session)
                 raise
+            except BaseException:
+                await _rollback(session)
+                raise
+            await commit(session)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+    """Run ``action`` once ``session``'s current transaction commits; never if it rolls back."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit, then run the side effects registered for this transaction, in order.
+
+    Also how a long call ends a read's transaction early, so it holds no connection while
+    it waits.
+    """
+    await session.commit()
+    actions: list[AfterCommit] = session.info.pop(_AFTER_COMMIT, [])
+    for action in actions:
+        await action()
+
+
+async def _rollback(session: AsyncSession) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    await session.rollback()
 
 
 def current_session() -> AsyncSession:

@@ -1,6 +1,5 @@
 """``folio dev``: embedded engines, migrations, and every process with prefixed logs."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,35 +16,28 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libs.config import SERVICE_PORTS, SERVICE_SCHEMAS, Settings
+from libs.commands import registered_commands
+from libs.config import Settings
 from libs.embedded import start_postgres, start_redis
 from libs.migrations import migrate_all
+from libs.service import registered_services
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
 DEV_STATE_FILE = "dev.json"
 
 
 def available_services() -> list[str]:
-    """The services of this checkout that have a server, in start order."""
-    return [n for n in SERVICE_PORTS if _has_module(f"services.{n}.server")]
+    """The services installed in this environment, in start order."""
+    return list(registered_services())
 
 
 def migration_targets() -> list[tuple[str, Path]]:
-    """(schema, migrations directory) for every service that has migrations."""
-    targets = []
-    for name in SERVICE_PORTS:
-        directory = ROOT / "services" / name / "migrations"
-        if directory.is_dir():
-            targets.append((SERVICE_SCHEMAS[name], directory))
-    return targets
-
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+    """(schema, migrations directory) for every installed service that has migrations."""
+    return [
+        (service.schema, service.migrations)
+        for service in registered_services().values()
+        if service.schema is not None and service.migrations is not None
+    ]
 
 
 @dataclass
@@ -173,24 +165,30 @@ def run_dev(settings: Settings) -> int:
         for schema, files in applied.items():
             for name in files:
                 print(f"migrated {schema}: {name}", flush=True)
+        services = registered_services()
         env = {**os.environ, **urls, "FOLIO_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-        # The gateway polls only the services this checkout runs.
-        env.setdefault("FOLIO_GATEWAY_UPSTREAMS", json.dumps(available_services()))
+        for service in services.values():
+            for key, value in service.dev_env.items():
+                env.setdefault(key, value)
+        # The gateway polls only the services this environment runs.
+        env.setdefault("FOLIO_GATEWAY_UPSTREAMS", json.dumps(list(services)))
         cli = [sys.executable, "-m", "libs.cli"]
-        children = [Child(name, [*cli, "serve", name]) for name in available_services()]
-        if _has_module("gateway.server"):
-            children.append(Child("gateway", [*cli, "gateway"]))
-        if _has_module("libs.worker"):
-            children.append(Child("worker", [*cli, "worker"]))
+        children = [Child(name, [*cli, "serve", name]) for name in services]
+        children += [
+            Child(command.name, [*cli, command.name])
+            for command in registered_commands()
+            if command.dev_process
+        ]
+        children.append(Child("worker", [*cli, "worker"]))
         state_file = data_dir / DEV_STATE_FILE
         state_file.write_text(json.dumps(urls))
         supervisor = Supervisor(children, env)
         try:
             supervisor.start()
-            for name in available_services():
+            for name in services:
                 if not _wait_healthy(settings.address(name), timeout=30):
                     print(f"{name} did not become healthy", file=sys.stderr, flush=True)
-            grpc_addresses = ", ".join(f"{n} {settings.address(n)}" for n in available_services())
+            grpc_addresses = ", ".join(f"{n} {settings.address(n)}" for n in services)
             print(
                 f"\nFolio is running: http://127.0.0.1:{settings.gateway_port}"
                 f"  (gRPC: {grpc_addresses})\n"

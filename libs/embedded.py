@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote
 
 import psutil
 import redis
@@ -436,31 +436,3 @@ def start_redis(data_dir: Path) -> EmbeddedRedis:
     embedded = EmbeddedRedis(client, db_file)
     logger.info("embedded redis ready at %s (pid %d)", embedded.socket_path, embedded.pid)
     return embedded
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def celery_broker_url(redis_url: str) -> str:
-    """Turn redis-py's ``unix:///sock?db=N`` into kombu's ``redis+socket:///sock?virtual_host=N``.
-
-    kombu reads the database only from ``virtual_host`` (a ``db`` query parameter is
-    overridden), and takes the socket path from a ``socket://`` host.
-    """
-    parts = urlsplit(redis_url)
-    if parts.scheme != "unix":
-        return redis_url
-    query = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        query.append(("virtual_host", value) if key == "db" else (key, value))
-    # Built by hand: urlunsplit drops the "//" of an empty authority for unknown schemes.
-    url = f"redis+socket://{parts.netloc}{parts.path}"
-    return f"{url}?{urlencode(query, safe='/', quote_via=quote)}" if query else url
-
-
-def sqlalchemy_url(url: str) -> str:
-    """Point a libpq ``postgresql://`` URL at SQLAlchemy's psycopg 3 driver."""
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme) :]
-    return url

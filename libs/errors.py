@@ -10,6 +10,9 @@ class FolioError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
+    # Commit the RPC's transaction even though it fails: the refusal itself is recorded
+    # (e.g. a reused refresh token revokes its session, then the call is refused).
+    keep_changes: bool = False
 
     def __init__(
         self,
@@ -17,12 +20,14 @@ class FolioError(Exception):
         *,
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        keep_changes: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.keep_changes = keep_changes
 
 
 class InvalidArgument(FolioError):

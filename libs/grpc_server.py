@@ -127,10 +127,10 @@ class GrpcServer:
         for service in ["", *self.service_names]:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish within the grace period."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.grace_period)
+        await self.server.stop(self.grace_period if grace is None else grace)
         if self.security.revocations is not None:
             await self.security.revocations.close()
 

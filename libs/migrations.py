@@ -16,6 +16,8 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
+from libs.urls import libpq_url
+
 logger = logging.getLogger(__name__)
 
 FILENAME_PATTERN = re.compile(
@@ -77,11 +79,6 @@ def load_migrations(directory: Path) -> list[Migration]:
                 f"{previous.filename} and {current.filename} have the same date and number"
             )
     return migrations
-
-
-def _libpq_url(database_url: str) -> str:
-    # Accept the SQLAlchemy spelling of the same URL, which libpq would reject.
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", database_url)
 
 
 def _lock_key(schema: str) -> int:
@@ -162,7 +159,7 @@ def _apply(conn: psycopg.Connection[TupleRow], schema: str, migration: Migration
 
 
 def _migrate(database_url: str, schema: str, migrations: list[Migration]) -> list[str]:
-    url = _libpq_url(database_url)
+    url = libpq_url(database_url)
     with psycopg.connect(url, autocommit=True) as conn:
         # Fast path without the lock: a started service usually has nothing to apply.
         applied = _applied(conn, schema)

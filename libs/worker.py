@@ -1,14 +1,15 @@
 """``folio worker``: the prefork Celery pool that runs every domain's tasks.
 
-It imports each ``services/<domain>/tasks.py`` (and ``FOLIO_WORKER_IMPORTS``), binds the
-registered tasks to Folio's Celery app, and gives every child process its own event loop,
-database engine and gRPC channels (none of which may cross a fork).
+It imports each domain's tasks module (the ``folio.tasks`` entry points, and
+``FOLIO_WORKER_IMPORTS``), binds the registered tasks to Folio's Celery app, and gives
+every child process its own event loop, database engine and gRPC channels (none of which
+may cross a fork).
 """
 
 import importlib
 import logging
 import os
-from pathlib import Path
+from importlib.metadata import entry_points
 from typing import Any
 
 import redis
@@ -29,14 +30,12 @@ from libs.tasks.runtime import (
 )
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+TASKS_GROUP = "folio.tasks"
 
 
 def task_modules(settings: Settings) -> list[str]:
-    """Every domain's tasks module, then the extra modules the settings name."""
-    found = sorted(
-        f"services.{path.parent.name}.tasks" for path in ROOT.glob("services/*/tasks.py")
-    )
+    """Every domain's tasks module (``folio.tasks`` entry points), then the settings' extras."""
+    found = sorted(entry.value for entry in entry_points(group=TASKS_GROUP))
     return [*found, *settings.worker_imports]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 
 from libs.config import Settings
-from libs.embedded import celery_broker_url
+from libs.urls import celery_broker_url
 
 QUEUE = "folio"
 

@@ -50,6 +50,7 @@ from libs.tasks.models import (
     Outbox,
     Task,
 )
+from libs.urls import libpq_url
 
 log = logging.getLogger("folio.tasks")
 
@@ -484,10 +485,6 @@ async def _record(
 # --------------------------------------------------------------------------- main process
 
 
-def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
 def record_lost_attempt(
     settings: Settings, task_id: str, reason: str, *, retry: bool, via_outbox: bool
 ) -> None:
@@ -503,7 +500,7 @@ def record_lost_attempt(
     spec = None
     prefix = f"[{task_id}] "
     try:
-        with psycopg.connect(_libpq_url(settings.database_url)) as conn:
+        with psycopg.connect(libpq_url(settings.database_url)) as conn:
             row = conn.execute(
                 "SELECT kind, attempts FROM tasks.tasks WHERE id = %s AND status = %s FOR UPDATE",
                 (task_id, RUNNING),
@@ -547,7 +544,7 @@ def fail_unknown_kind(settings: Settings, message: Any, kind: str) -> None:
         return
     error = f"no worker knows task kind {kind!r}"
     try:
-        with psycopg.connect(_libpq_url(settings.database_url)) as conn:
+        with psycopg.connect(libpq_url(settings.database_url)) as conn:
             conn.execute(
                 "UPDATE tasks.tasks SET status = %s, error = %s, result = %s,"
                 " finished_at = now(), updated_at = now()"

@@ -19,8 +19,8 @@ import jwt
 import requests
 from google.oauth2 import id_token as google_id_token
 
-from libs.config import Settings
 from libs.errors import FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from services.auth.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _TimedRequest(google.auth.transport.requests.Request):
 class GoogleSignIn:
     """Verifies Google ID tokens and exchanges authorization codes."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: AuthSettings, http: httpx.AsyncClient | None = None) -> None:
         if not settings.google_client_ids:
             raise GoogleConfigError(
                 "FOLIO_GOOGLE_CLIENT_IDS is required: without an audience, google-auth "

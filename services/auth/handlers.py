@@ -4,15 +4,16 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
-from libs.config import Settings
+from libs.db import after_commit
 from libs.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from libs.ids import is_ulid
-from libs.pagination import decode_page_token, encode_page_token, page_size
+from libs.pagination import page_of, page_request
 from libs.revocation import Revocations
 from libs.tokens import ACCESS_TOKEN_TTL, sign_access_token
 from services.auth import repository
@@ -21,6 +22,7 @@ from services.auth.keys import KeyRing
 from services.auth.nonces import NonceRegistry
 from services.auth.ratelimit import RateLimiter
 from services.auth.repository import SessionRow
+from services.auth.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("folio.security")
@@ -34,7 +36,7 @@ INVALID_REFRESH = "the refresh token is invalid, expired or revoked"
 class AuthDeps:
     """What the auth use cases need besides the database session."""
 
-    settings: Settings
+    settings: AuthSettings
     keys: KeyRing
     google: GoogleSignIn
     users: "user_service_pb2_grpc.UserServiceAsyncStub"
@@ -180,7 +182,8 @@ async def refresh(
     )
     if rotated is None:
         await _refused_refresh(deps, db, old_hash, client_ip)
-        raise Unauthenticated(INVALID_REFRESH)
+        # The refusal commits: a reuse's revocation must survive the error.
+        raise Unauthenticated(INVALID_REFRESH, keep_changes=True)
     session_id, user_id = rotated
     access_token, expires_at = _access_token(deps, user_id, session_id)
     return IssuedTokens(access_token, expires_at, new_token, session_id)
@@ -195,8 +198,6 @@ async def _refused_refresh(
     if owner is None or owner.current or not owner.active:
         return
     revoked = await repository.revoke_session(db, owner.session_id, "refresh_token_reuse")
-    # Commit now: the error that follows would roll the revocation back.
-    await db.commit()
     if revoked:
         security_log.warning(
             "refresh token reuse: session revoked",
@@ -207,7 +208,7 @@ async def _refused_refresh(
                 "client_ip": client_ip,
             },
         )
-        await deps.revocations.revoke_sessions(revoked)
+        after_commit(db, partial(deps.revocations.revoke_sessions, revoked))
 
 
 async def sign_out(deps: AuthDeps, db: AsyncSession, refresh_token: str) -> None:
@@ -215,18 +216,13 @@ async def sign_out(deps: AuthDeps, db: AsyncSession, refresh_token: str) -> None
     if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_CHARS:
         return
     revoked = await repository.revoke_by_token(db, repository.token_hash(refresh_token), "sign_out")
-    await db.commit()
-    await deps.revocations.revoke_sessions(revoked)
+    after_commit(db, partial(deps.revocations.revoke_sessions, revoked))
 
 
 async def sign_out_everywhere(deps: AuthDeps, db: AsyncSession, user_id: str) -> int:
     """Revoke every session of the user and every access token issued until now."""
     revoked = await repository.revoke_user_sessions(db, user_id, "sign_out_everywhere")
-    await db.commit()
-    await deps.revocations.revoke_sessions(revoked)
-    # Also covers tokens outside any session row (dev-minted ones). Tokens issued
-    # earlier in this very second pass this check, but their sessions are revoked above.
-    await deps.revocations.revoke_user_tokens(user_id, int(time.time()))
+    after_commit(db, partial(_revoke_all, deps, revoked, user_id))
     security_log.info(
         "signed out everywhere",
         extra={"event": "sign_out_everywhere", "user_id": user_id, "sessions": len(revoked)},
@@ -238,13 +234,11 @@ async def list_sessions(
     db: AsyncSession, user_id: str, *, requested_size: int, page_token: str
 ) -> tuple[list[SessionRow], str]:
     """One page of the user's active sessions and the next page's token."""
-    size = page_size(requested_size)
-    position = decode_page_token(page_token, 1)
+    page = page_request(requested_size, page_token)
     rows = await repository.active_sessions(
-        db, user_id, limit=size + 1, before_id=position[0] if position else None
+        db, user_id, limit=page.limit, before_id=page.after[0] if page.after else None
     )
-    next_token = encode_page_token(rows[size - 1].id) if len(rows) > size else ""
-    return rows[:size], next_token
+    return page_of(rows, page, lambda row: [row.id])
 
 
 async def revoke_session(deps: AuthDeps, db: AsyncSession, user_id: str, session_id: str) -> None:
@@ -254,17 +248,20 @@ async def revoke_session(deps: AuthDeps, db: AsyncSession, user_id: str, session
     revoked = await repository.revoke_user_session(db, user_id, session_id, "revoked_by_user")
     if not revoked and not await repository.session_exists(db, user_id, session_id):
         raise NotFound("session not found")
-    await db.commit()
-    await deps.revocations.revoke_sessions(revoked)
+    after_commit(db, partial(deps.revocations.revoke_sessions, revoked))
 
 
 async def purge_user_data(deps: AuthDeps, db: AsyncSession, user_id: str) -> int:
     """End and delete every session of a user being deleted; idempotent."""
-    if not user_id:
-        raise InvalidArgument("user_id is required", field_violations={"user_id": "required"})
     revoked = await repository.revoke_user_sessions(db, user_id, "account_deleted")
     deleted = await repository.delete_user_sessions(db, user_id)
-    await db.commit()
-    await deps.revocations.revoke_sessions(revoked)
-    await deps.revocations.revoke_user_tokens(user_id, int(time.time()))
+    after_commit(db, partial(_revoke_all, deps, revoked, user_id))
     return deleted
+
+
+async def _revoke_all(deps: AuthDeps, revoked: list[str], user_id: str) -> None:
+    """Refuse the revoked sessions' tokens, and every token the user was issued until now."""
+    await deps.revocations.revoke_sessions(revoked)
+    # Also covers tokens outside any session row (dev-minted ones). Tokens issued
+    # earlier in this very second pass this check, but their sessions are revoked too.
+    await deps.revocations.revoke_user_tokens(user_id, int(time.time()))

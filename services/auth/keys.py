@@ -24,6 +24,7 @@ from libs.secrets import (
     remove_signing_keys,
 )
 from libs.tokens import ACCESS_TOKEN_TTL, MAX_LEEWAY
+from services.auth.settings import SigningSettings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Rotation:
     removed_kids: list[str]
 
 
-def rotate_signing_keys(settings: Settings, *, now: float | None = None) -> Rotation:
+def rotate_signing_keys(settings: SigningSettings, *, now: float | None = None) -> Rotation:
     """Record the key signing now as active, drop retired keys, add a new key."""
     moment = time.time() if now is None else now
     delay = settings.signing_key_publish_delay_seconds
@@ -93,7 +94,7 @@ class KeyRing:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SigningSettings,
         *,
         load: Callable[[Settings], Secrets] = load_secrets,
         clock: Callable[[], float] = time.time,

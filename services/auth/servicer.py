@@ -1,14 +1,13 @@
 """AuthService: proto <-> domain translation only."""
 
 import ipaddress
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from folio.auth.v1 import auth_service_pb2, auth_service_pb2_grpc, session_pb2
 from libs.access import current_principal, current_user_id
+from libs.convert import timestamp
 from libs.db import current_session
 from libs.interceptors.request_context import metadata_value
 from libs.tokens import ACCESS_TOKEN_TTL
@@ -18,15 +17,6 @@ from services.auth.repository import SessionRow
 
 Context = grpc.aio.ServicerContext[Any, Any]
 FORWARDED_FOR_KEY = "x-forwarded-for"
-
-
-def _timestamp(value: datetime | int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    if isinstance(value, int):
-        stamp.FromSeconds(value)
-    else:
-        stamp.FromDatetime(value)
-    return stamp
 
 
 def client_ip(context: Context, trusted_proxy_hops: int) -> str:
@@ -56,9 +46,9 @@ def client_ip(context: Context, trusted_proxy_hops: int) -> str:
 def _session(row: SessionRow, current_session_id: str | None) -> session_pb2.Session:
     return session_pb2.Session(
         id=row.id,
-        created_at=_timestamp(row.created_at),
-        last_used_at=_timestamp(row.last_used_at),
-        expires_at=_timestamp(row.expires_at),
+        created_at=timestamp(row.created_at),
+        last_used_at=timestamp(row.last_used_at),
+        expires_at=timestamp(row.expires_at),
         ip_address=row.ip_address,
         current=row.id == current_session_id,
     )
@@ -91,7 +81,7 @@ class AuthService(auth_service_pb2_grpc.AuthServiceServicer):
             access_token=tokens.access_token,
             token_type="Bearer",
             expires_in=ACCESS_TOKEN_TTL,
-            expires_at=_timestamp(tokens.expires_at),
+            expires_at=timestamp(tokens.expires_at),
             refresh_token=tokens.refresh_token,
             session_id=tokens.session_id,
             user=signed_in.user,
@@ -108,7 +98,7 @@ class AuthService(auth_service_pb2_grpc.AuthServiceServicer):
             access_token=tokens.access_token,
             token_type="Bearer",
             expires_in=ACCESS_TOKEN_TTL,
-            expires_at=_timestamp(tokens.expires_at),
+            expires_at=timestamp(tokens.expires_at),
             refresh_token=tokens.refresh_token,
             session_id=tokens.session_id,
         )
@@ -159,12 +149,6 @@ class AuthService(auth_service_pb2_grpc.AuthServiceServicer):
             for jwk in self.deps.keys.jwks()["keys"]
         ]
         return auth_service_pb2.GetJwksResponse(keys=keys)
-
-    async def PurgeUserData(
-        self, request: auth_service_pb2.PurgeUserDataRequest, context: Context
-    ) -> auth_service_pb2.PurgeUserDataResponse:
-        deleted = await handlers.purge_user_data(self.deps, current_session(), request.user_id)
-        return auth_service_pb2.PurgeUserDataResponse(deleted_count=deleted)
 
 
 _JWK_FIELDS = ("kty", "crv", "x", "y", "kid", "alg", "use")

@@ -1,8 +1,6 @@
 """Task use cases: plain functions over a session."""
 
 import asyncio
-import base64
-import binascii
 import json
 import re
 import time
@@ -13,8 +11,10 @@ from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.db import commit
 from libs.errors import AlreadyExists, InvalidArgument, NotFound
 from libs.ids import is_ulid, new_id
+from libs.pagination import page_of, page_request
 from libs.tasks import ACCOUNT_DELETION_KIND
 from libs.tasks.models import (
     CANCELLED,
@@ -30,8 +30,6 @@ from libs.tasks.models import (
 from services.task.listener import TaskWatchers
 
 MAX_WAIT_SECONDS = 30
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
 MAX_IDEMPOTENCY_KEY = 200
 MAX_PARAMS_BYTES = 64 * 1024
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
@@ -66,7 +64,7 @@ async def _reload(session: AsyncSession, task_id: str) -> Task | None:
         select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
     )
     # End the read's transaction: a waiting poll holds no connection.
-    await session.commit()
+    await commit(session)
     return task
 
 
@@ -104,7 +102,7 @@ async def get_task(
         task = await get_owned(session, task_id, user_id)
         seen = _visible_state(task)
         # A waiting poll holds no database connection.
-        await session.commit()
+        await commit(session)
         current: Task | None = task
         while True:
             if current is None:
@@ -122,38 +120,6 @@ async def get_task(
             current = await _reload(session, task_id)
 
 
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument(
-            "page_size must not be negative", field_violations={"page_size": "negative"}
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _encode_token(last_id: str, status: str) -> str:
-    raw = json.dumps([last_id, status]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, status: str) -> str | None:
-    if not token:
-        return None
-    try:
-        position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, UnicodeError, binascii.Error):
-        position = None
-    if (
-        not isinstance(position, list)
-        or len(position) != 2
-        or not is_ulid(str(position[0]))
-        or position[1] != status
-    ):
-        raise InvalidArgument(
-            "invalid page_token", field_violations={"page_token": "not a token from this list"}
-        )
-    return str(position[0])
-
-
 async def list_tasks(
     session: AsyncSession, user_id: str, *, status: str, page_size: int, page_token: str
 ) -> tuple[list[Task], str]:
@@ -162,18 +128,14 @@ async def list_tasks(
         raise InvalidArgument(
             "unknown status", field_violations={"status": f"one of {', '.join(STATUSES)}"}
         )
-    size = _page_size(page_size)
-    after = _decode_token(page_token, status)
+    page = page_request(page_size, page_token, scope=[status])
     query = select(Task).where(Task.user_id == user_id)
     if status:
         query = query.where(Task.status == status)
-    if after is not None:
-        query = query.where(Task.id < after)
-    tasks = list((await session.scalars(query.order_by(Task.id.desc()).limit(size + 1))).all())
-    if len(tasks) > size:
-        tasks = tasks[:size]
-        return tasks, _encode_token(tasks[-1].id, status)
-    return tasks, ""
+    if page.after is not None:
+        query = query.where(Task.id < page.after[0])
+    tasks = (await session.scalars(query.order_by(Task.id.desc()).limit(page.limit))).all()
+    return page_of(tasks, page, lambda task: [task.id])
 
 
 async def cancel_task(session: AsyncSession, task_id: str, user_id: str) -> Task:
@@ -273,8 +235,6 @@ async def enqueue(
 
 async def purge_user(session: AsyncSession, user_id: str) -> int:
     """Delete every task of the user except an account deletion still under way."""
-    if not is_ulid(user_id):
-        raise InvalidArgument("user_id must be a ULID", field_violations={"user_id": "not a ULID"})
     deletion_in_progress = and_(
         Task.kind == ACCOUNT_DELETION_KIND, Task.status.in_((PENDING, RUNNING))
     )

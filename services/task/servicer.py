@@ -3,10 +3,10 @@
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from folio.task.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 from libs.access import current_principal, current_user_id
+from libs.convert import struct, timestamp, to_dict
 from libs.db import current_session
 from libs.tasks.models import Task
 from services.task import handlers
@@ -15,36 +15,20 @@ from services.task.listener import TaskWatchers
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
-    if value is None:
-        return None
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
-
-
 def to_proto(task: Task) -> task_pb2.Task:
     return task_pb2.Task(
         task_id=task.id,
         kind=task.kind,
         status=task.status,
         progress=task.progress,
-        result=_struct(task.result),
+        result=struct(task.result),
         error=task.error,
         attempts=task.attempts,
         cancel_requested=task.cancel_requested,
-        created_at=_timestamp(task.created_at),
-        updated_at=_timestamp(task.updated_at),
-        started_at=_timestamp(task.started_at),
-        finished_at=_timestamp(task.finished_at),
+        created_at=timestamp(task.created_at),
+        updated_at=timestamp(task.updated_at),
+        started_at=timestamp(task.started_at),
+        finished_at=timestamp(task.finished_at),
     )
 
 
@@ -94,13 +78,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             current_session(),
             kind=request.kind,
             user_id=request.user_id or current_principal().user_id,
-            params=json_format.MessageToDict(request.params),
+            params=to_dict(request.params),
             idempotency_key=request.idempotency_key,
         )
         return task_service_pb2.EnqueueTaskResponse(task=to_proto(task), created=created)
-
-    async def PurgeUserData(
-        self, request: task_service_pb2.PurgeUserDataRequest, context: Context
-    ) -> task_service_pb2.PurgeUserDataResponse:
-        deleted = await handlers.purge_user(current_session(), request.user_id)
-        return task_service_pb2.PurgeUserDataResponse(deleted_count=deleted)

@@ -14,7 +14,7 @@ from libs.access import RoleLoader, Roles
 from libs.db import Database
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.ids import is_ulid, new_id
-from libs.pagination import decode_page_token, encode_page_token, page_size
+from libs.pagination import page_of, page_request
 from services.user.models import User
 
 EDITABLE_FIELDS = frozenset({"display_name", "picture_url"})
@@ -186,14 +186,12 @@ async def list_users(
     session: AsyncSession, *, requested_size: int, page_token: str
 ) -> tuple[list[User], str]:
     """One page of users, oldest first (ULIDs sort by creation), and the next page's token."""
-    size = page_size(requested_size)
-    position = decode_page_token(page_token, 1)
-    query = select(User).order_by(User.id).limit(size + 1)
-    if position is not None:
-        query = query.where(User.id > position[0])
-    users = list((await session.scalars(query)).all())
-    next_token = encode_page_token(users[size - 1].id) if len(users) > size else ""
-    return users[:size], next_token
+    page = page_request(requested_size, page_token)
+    query = select(User).order_by(User.id).limit(page.limit)
+    if page.after is not None:
+        query = query.where(User.id > page.after[0])
+    users = (await session.scalars(query)).all()
+    return page_of(users, page, lambda user: [user.id])
 
 
 async def update_roles(

@@ -3,10 +3,10 @@
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from folio.user.v1 import user_pb2, user_service_pb2, user_service_pb2_grpc
 from libs.access import current_user_id
+from libs.convert import struct, timestamp, to_dict
 from libs.db import current_session
 from libs.errors import InvalidArgument, Unavailable
 from services.user import deletion, handlers
@@ -18,12 +18,6 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def to_proto(user: User) -> user_pb2.User:
     return user_pb2.User(
         id=user.id,
@@ -32,15 +26,9 @@ def to_proto(user: User) -> user_pb2.User:
         picture_url=user.picture_url,
         is_premium=user.is_premium,
         is_admin=user.is_admin,
-        created_at=_timestamp(user.created_at),
-        updated_at=_timestamp(user.updated_at),
+        created_at=timestamp(user.created_at),
+        updated_at=timestamp(user.updated_at),
     )
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
 
 
 def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str]:
@@ -81,14 +69,14 @@ class UserService(user_service_pb2_grpc.UserServiceServicer):
         self, request: user_service_pb2.GetOptionsRequest, context: Context
     ) -> user_service_pb2.GetOptionsResponse:
         user = await handlers.get_user(current_session(), current_user_id())
-        return user_service_pb2.GetOptionsResponse(options=_struct(user.options))
+        return user_service_pb2.GetOptionsResponse(options=struct(user.options))
 
     async def UpdateOptions(
         self, request: user_service_pb2.UpdateOptionsRequest, context: Context
     ) -> user_service_pb2.UpdateOptionsResponse:
-        patch = json_format.MessageToDict(request.patch)
+        patch = to_dict(request.patch)
         options = await handlers.update_options(current_session(), current_user_id(), patch)
-        return user_service_pb2.UpdateOptionsResponse(options=_struct(options))
+        return user_service_pb2.UpdateOptionsResponse(options=struct(options))
 
     async def DeleteMe(
         self, request: user_service_pb2.DeleteMeRequest, context: Context
@@ -97,12 +85,6 @@ class UserService(user_service_pb2_grpc.UserServiceServicer):
             raise Unavailable("account deletion needs the task service")
         task = await deletion.request_deletion(current_session(), self.tasks, current_user_id())
         return user_service_pb2.DeleteMeResponse(task_id=task.task_id, status=task.status)
-
-    async def PurgeUserData(
-        self, request: user_service_pb2.PurgeUserDataRequest, context: Context
-    ) -> user_service_pb2.PurgeUserDataResponse:
-        deleted = await deletion.purge_user(current_session(), request.user_id)
-        return user_service_pb2.PurgeUserDataResponse(deleted_count=deleted)
 
     async def GetUser(
         self, request: user_service_pb2.GetUserRequest, context: Context

@@ -1,12 +1,11 @@
 """The user domain's tasks: account deletion.
 
 Deleting an account fans out over every Folio service that holds user data: each
-implements an idempotent INTERNAL ``folio.<svc>.v1.<Svc>Service/PurgeUserData`` whose
-request carries the user id as field 1. The services are those of this deployment
-(``services/<name>/server.py``); one that answers UNIMPLEMENTED holds no user data yet and
-is skipped, one that is down fails the attempt, which is retried. The auth service goes
+registers the standard ``folio.purge.v1.PurgeService`` through the service kit and
+declares its place in the order (``libs.service.purge_targets``). The auth service goes
 first (its purge ends every session, so the user's tokens stop working), the task service
-next, the user row last. The task completes as an anonymous receipt.
+next to last, the user row last. A service that is down fails the attempt, which is
+retried; every purge is idempotent. The task completes as an anonymous receipt.
 
 The task reports no progress between starting and finishing: its owner is signed out by
 the first purge, so the only way they see the outcome is a long poll already waiting, and
@@ -17,43 +16,20 @@ import logging
 import time
 from typing import Any
 
-import grpc
 import redis.asyncio as aioredis
 
-from folio.user.v1 import user_service_pb2
-from libs.devstack import available_services
+from folio.purge.v1 import purge_service_pb2, purge_service_pb2_grpc
 from libs.revocation import NOT_BEFORE_KEY, REVOCATION_TTL
+from libs.service import purge_targets
 from libs.tasks import ACCOUNT_DELETION_KIND, TaskContext, task
 
 log = logging.getLogger(__name__)
 
 
-def purge_order(services: list[str]) -> list[str]:
-    """Auth first, the other domains next, then task, and the user row last."""
-    ordered = [name for name in services if name not in ("auth", "task", "user")]
-    head = ["auth"] if "auth" in services else []
-    return head + ordered + [name for name in ("task", "user") if name in services]
-
-
-def purge_method(service: str) -> str:
-    return f"/folio.{service}.v1.{service.capitalize()}Service/PurgeUserData"
-
-
-async def purge(ctx: TaskContext, service: str, user_id: str) -> int | None:
-    """Call the service's PurgeUserData; None if it has none."""
-    call = ctx.channel(service).unary_unary(
-        purge_method(service),
-        # Every service's request has the user id as field 1, so one message type fits all.
-        request_serializer=user_service_pb2.PurgeUserDataRequest.SerializeToString,
-        response_deserializer=user_service_pb2.PurgeUserDataResponse.FromString,
-    )
-    try:
-        reply = await call(user_service_pb2.PurgeUserDataRequest(user_id=user_id))
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-            ctx.log.info("%s has no PurgeUserData; nothing to purge there", service)
-            return None
-        raise
+async def purge(ctx: TaskContext, service: str, user_id: str) -> int:
+    """Call the service's PurgeUserData; returns how many rows it deleted."""
+    stub = purge_service_pb2_grpc.PurgeServiceStub(ctx.channel(service))
+    reply = await stub.PurgeUserData(purge_service_pb2.PurgeUserDataRequest(user_id=user_id))
     ctx.log.info("%s purged %d rows", service, reply.deleted_count)
     return int(reply.deleted_count)
 
@@ -86,11 +62,8 @@ async def delete_account(ctx: TaskContext) -> dict[str, Any]:
     # Cancelling is honoured until the first purge; after that the deletion finishes,
     # since a half-deleted account is worse than either outcome.
     await ctx.checkpoint()
-    services = purge_order(available_services())
     purged: dict[str, int] = {}
-    for service in services:
-        count = await purge(ctx, service, user_id)
-        if count is not None:
-            purged[service] = count
+    for service in purge_targets():
+        purged[service.name] = await purge(ctx, service.name, user_id)
     await revoke_access_tokens(ctx, user_id)
     return {"purged": purged}

@@ -32,12 +32,13 @@ from psycopg import sql
 from folio.task.v1 import task_service_pb2, task_service_pb2_grpc
 from libs.config import Settings
 from libs.devstack import migration_targets
-from libs.embedded import celery_broker_url, start_postgres, start_redis
+from libs.embedded import start_postgres, start_redis
 from libs.ids import new_id
 from libs.migrations import migrate_all
 from libs.secrets import load_secrets
 from libs.tasks import TaskContext, task
 from libs.tokens import sign_access_token, sign_service_token
+from libs.urls import celery_broker_url
 from tests.fixtures.engines import claimed_redis_db, replace_database
 
 LATENCY_SAMPLES = 200

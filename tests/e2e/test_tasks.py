@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from libs.config import SERVICE_SCHEMAS
 from libs.devstack import migration_targets
 from libs.migrations import migrate_all
+from libs.service import registered_services
 from tests.fixtures.engines import replace_database
 from tests.fixtures.processes import wait_until
 from tests.fixtures.stack import Stack
@@ -117,7 +117,7 @@ def user_rows(stack: Stack, user_id: str) -> dict[str, int]:
             "SELECT table_schema, table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = ANY(%s) AND column_name IN ('user_id', 'id')"
             " AND (column_name = 'user_id' OR table_name = 'users')",
-            (list(SERVICE_SCHEMAS.values()),),
+            ([s.schema for s in registered_services().values() if s.schema],),
         ).fetchall()
         for schema, table, column in columns:
             count = conn.execute(

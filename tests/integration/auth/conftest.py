@@ -12,15 +12,15 @@ from grpc_status import rpc_status
 
 from folio.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from folio.user.v1 import user_service_pb2_grpc
-from libs.config import Settings
 from libs.db import Database
 from libs.devstack import migration_targets
 from libs.migrations import migrate_all
 from libs.secrets import Secrets, load_secrets
+from libs.service import RunningService, start_service
 from libs.tokens import sign_service_token
-from services.auth.server import AuthServer
-from services.auth.server import create_server as create_auth_server
-from services.user.server import create_server as create_user_server
+from services.auth.server import SERVICE as AUTH_SERVICE
+from services.auth.settings import AuthSettings
+from services.user.server import SERVICE as USER_SERVICE
 from tests.fixtures.google_issuer import GoogleIssuer
 
 
@@ -28,7 +28,7 @@ from tests.fixtures.google_issuer import GoogleIssuer
 class AuthEnv:
     """Both services on free ports, with stubs and what tests need to reach around them."""
 
-    settings: Settings
+    settings: AuthSettings
     secrets: Secrets
     database: Database
     auth_address: str
@@ -36,7 +36,8 @@ class AuthEnv:
     issuer: GoogleIssuer
     auth: "auth_service_pb2_grpc.AuthServiceAsyncStub"
     users: "user_service_pb2_grpc.UserServiceAsyncStub"
-    server: AuthServer
+    server: RunningService
+    auth_channel: grpc.aio.Channel
 
     async def sign_in(self, sub: str | None = None, email: str | None = None, **kw: Any) -> Any:
         """A SignInWithGoogle with a fresh ID token for ``sub``."""
@@ -72,7 +73,7 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 def auth_settings(
     tmp_path: Path, database_url: str, redis_url: str, issuer: GoogleIssuer, **overrides: Any
-) -> Settings:
+) -> AuthSettings:
     values: dict[str, Any] = {
         "data_dir": tmp_path,
         "database_url": database_url,
@@ -83,7 +84,7 @@ def auth_settings(
         "google_redirect_uris": [issuer.redirect_uri],
         **overrides,
     }
-    return Settings(**values)
+    return AuthSettings(**values)
 
 
 AuthEnvFactory = Callable[..., Any]
@@ -106,21 +107,20 @@ async def make_auth_env(
     async def build(**overrides: Any) -> AuthEnv:
         settings = auth_settings(tmp_path, database_url, redis_db_url, google_issuer, **overrides)
         database = Database(database_url, pool_size=10)
-        user_server = create_user_server(settings, database)
-        user_port = user_server.bind("127.0.0.1:0")
-        await user_server.start()
+        user_server = await start_service(
+            USER_SERVICE, settings, address="127.0.0.1:0", database=database
+        )
+        user_port = user_server.port
         settings.user_addr = f"127.0.0.1:{user_port}"
-        auth = await create_auth_server(settings, database)
-        auth_port = auth.server.bind("127.0.0.1:0")
-        await auth.server.start()
+        auth = await start_service(AUTH_SERVICE, settings, address="127.0.0.1:0", database=database)
+        auth_port = auth.port
         auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth_port}")
         user_channel = grpc.aio.insecure_channel(f"127.0.0.1:{user_port}")
 
         async def cleanup() -> None:
             await auth_channel.close(None)
             await user_channel.close(None)
-            await auth.server.stop()
-            await auth.close()
+            await auth.stop()
             await user_server.stop()
             await database.dispose()
 
@@ -135,6 +135,7 @@ async def make_auth_env(
             auth=auth_service_pb2_grpc.AuthServiceStub(auth_channel),
             users=user_service_pb2_grpc.UserServiceStub(user_channel),
             server=auth,
+            auth_channel=auth_channel,
         )
 
     yield build

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from folio.auth.v1 import auth_service_pb2
+from folio.purge.v1 import purge_service_pb2, purge_service_pb2_grpc
 from folio.user.v1 import user_service_pb2
 from tests.integration.auth.conftest import AuthEnv, AuthEnvFactory, bearer
 
@@ -200,12 +201,13 @@ async def test_purge_user_data_ends_and_deletes_every_session(env: AuthEnv) -> N
     first = await env.sign_in("purged-sub")
     await env.sign_in("purged-sub")
     kept = await env.sign_in("kept-sub")
-    request = auth_service_pb2.PurgeUserDataRequest(user_id=first.user.id)
+    request = purge_service_pb2.PurgeUserDataRequest(user_id=first.user.id)
+    purges = purge_service_pb2_grpc.PurgeServiceStub(env.auth_channel)
     # INTERNAL: the user's own token is not enough.
-    code = await refused(env.auth.PurgeUserData(request, metadata=bearer(first.access_token)))
+    code = await refused(purges.PurgeUserData(request, metadata=bearer(first.access_token)))
     assert code == UNAUTHENTICATED
     internal = bearer(env.service_token("auth"))
-    reply = await env.auth.PurgeUserData(request, metadata=internal)
+    reply = await purges.PurgeUserData(request, metadata=internal)
     assert reply.deleted_count == 2
     assert await refused(get_me(env, first.access_token)) == UNAUTHENTICATED
     assert await refused(refresh(env, first.refresh_token)) == UNAUTHENTICATED
@@ -215,5 +217,5 @@ async def test_purge_user_data_ends_and_deletes_every_session(env: AuthEnv) -> N
             {"uid": first.user.id},
         )
     assert left == 0
-    assert (await env.auth.PurgeUserData(request, metadata=internal)).deleted_count == 0
+    assert (await purges.PurgeUserData(request, metadata=internal)).deleted_count == 0
     assert (await get_me(env, kept.access_token)).user.id == kept.user.id

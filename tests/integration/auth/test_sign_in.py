@@ -8,10 +8,10 @@ import grpc
 import httpx
 import jwt
 import pytest
+from pydantic import ValidationError
 
 from folio.auth.v1 import auth_service_pb2
 from folio.user.v1 import user_service_pb2
-from services.auth.google import GoogleConfigError
 from tests.fixtures.google_issuer import GoogleIssuer, make_rsa_key, pkce_pair
 from tests.integration.auth.conftest import AuthEnv, AuthEnvFactory, bearer, error_info
 
@@ -124,7 +124,7 @@ async def test_the_hosted_domain_allow_list_is_enforced(make_auth_env: AuthEnvFa
 
 
 async def test_startup_fails_without_client_ids(make_auth_env: AuthEnvFactory) -> None:
-    with pytest.raises(GoogleConfigError, match="FOLIO_GOOGLE_CLIENT_IDS"):
+    with pytest.raises(ValidationError, match="FOLIO_GOOGLE_CLIENT_IDS"):
         await make_auth_env(google_client_ids=[])
 
 

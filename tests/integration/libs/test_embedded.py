@@ -19,11 +19,10 @@ from redis.retry import Retry
 from libs.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
-    celery_broker_url,
-    sqlalchemy_url,
     start_postgres,
     start_redis,
 )
+from libs.urls import celery_broker_url, sqlalchemy_url
 from tests.fixtures.engines import postgres_data_dir
 
 

@@ -302,7 +302,7 @@ def test_migrate_all_checks_every_directory_first(database_url: str, tmp_path: P
 
 
 def test_accepts_sqlalchemy_style_url(database_url: str, tmp_path: Path) -> None:
-    from libs.embedded import sqlalchemy_url
+    from libs.urls import sqlalchemy_url
 
     write(tmp_path, "2026_01_01_1_create_a.sql", "CREATE TABLE a (x int);\n")
 

@@ -19,13 +19,14 @@ from psycopg import sql
 
 from folio.task.v1 import task_service_pb2, task_service_pb2_grpc
 from libs.config import Settings
-from libs.db import Database
 from libs.devstack import migration_targets
 from libs.ids import new_id
 from libs.migrations import migrate_all
 from libs.secrets import Secrets, load_secrets
+from libs.service import start_service
 from libs.tokens import sign_access_token, sign_service_token
-from services.task.server import create_server
+from services.task.server import SERVICE as TASK_SERVICE
+from services.task.settings import TaskSettings
 from tests.fixtures.engines import claimed_redis_db, replace_database
 from tests.fixtures.processes import wait_until
 
@@ -56,8 +57,8 @@ def broker_url(redis_url: str) -> Iterator[str]:
         yield url
 
 
-def task_settings(data_dir: Path, database_url: str, redis_url: str) -> Settings:
-    return Settings(
+def task_settings(data_dir: Path, database_url: str, redis_url: str) -> TaskSettings:
+    return TaskSettings(
         data_dir=data_dir,
         database_url=database_url,
         redis_url=redis_url,
@@ -144,19 +145,15 @@ async def task_service(
 ) -> AsyncIterator[TaskServiceUnderTest]:
     data_dir = tmp_path_factory.mktemp("task-data")
     settings = task_settings(data_dir, task_database_url, broker_url)
-    database = Database(task_database_url, pool_size=5)
-    server = create_server(settings, database)
-    port = server.grpc.bind("127.0.0.1:0")
-    await server.grpc.start()
+    running = await start_service(TASK_SERVICE, settings, address="127.0.0.1:0")
+    port = running.port
     try:
-        async with server.background():
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                yield TaskServiceUnderTest(
-                    f"127.0.0.1:{port}", settings, load_secrets(settings), channel
-                )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield TaskServiceUnderTest(
+                f"127.0.0.1:{port}", settings, load_secrets(settings), channel
+            )
     finally:
-        await server.grpc.server.stop(None)
-        await database.dispose()
+        await running.stop(grace=0)
 
 
 class Worker:

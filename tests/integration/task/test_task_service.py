@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from folio.purge.v1 import purge_service_pb2, purge_service_pb2_grpc
 from folio.task.v1 import task_service_pb2
 from libs.ids import new_id
 from tests.integration.task.conftest import TaskServiceUnderTest
@@ -255,8 +256,8 @@ async def test_purge_user_data_deletes_every_task_of_the_user_and_is_idempotent(
         await task_service.wait_for(task_id, user, {"completed"})
 
     async def purge() -> int:
-        reply = await task_service.stub.PurgeUserData(
-            task_service_pb2.PurgeUserDataRequest(user_id=user),
+        reply = await purge_service_pb2_grpc.PurgeServiceStub(task_service.channel).PurgeUserData(
+            purge_service_pb2.PurgeUserDataRequest(user_id=user),
             metadata=task_service.service_metadata(),
         )
         return int(reply.deleted_count)

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from libs.config import Settings
+from libs.service import purge_targets
 from libs.tasks import TransientError, task
 from libs.tasks.app import TimeLimits, celery_config
 from libs.tasks.runtime import (
@@ -16,7 +17,6 @@ from libs.tasks.runtime import (
     retry_delay,
     task_id_var,
 )
-from services.user.tasks import purge_method, purge_order
 
 
 def settings(**overrides: object) -> Settings:
@@ -117,13 +117,4 @@ def test_task_kinds_are_namespaced_and_unique() -> None:
 
 
 def test_account_deletion_purges_auth_first_and_the_user_row_last() -> None:
-    assert purge_order(["user", "document", "auth", "task", "llm"]) == [
-        "auth",
-        "document",
-        "llm",
-        "task",
-        "user",
-    ]
-    assert purge_order(["user", "task"]) == ["task", "user"]
-    assert purge_method("llm") == "/folio.llm.v1.LlmService/PurgeUserData"
-    assert purge_method("auth") == "/folio.auth.v1.AuthService/PurgeUserData"
+    assert [service.name for service in purge_targets()] == ["auth", "task", "user"]

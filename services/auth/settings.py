@@ -1,0 +1,84 @@
+"""The auth service's own settings, on top of those every Folio process shares."""
+
+import json
+from typing import Annotated, Self
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from libs.config import Settings
+
+
+class SigningSettings(Settings):
+    """How access-token signing keys are rotated (the auth service and `folio keys`)."""
+
+    # A new signing key is published this long before it signs; it must exceed every
+    # verifier's JWKS cache TTL plus the auth service's key reload interval.
+    signing_key_publish_delay_seconds: int = 600
+    signing_keys_reload_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _published_before_it_signs(self) -> Self:
+        published_before = self.jwks_ttl_seconds + self.signing_keys_reload_seconds
+        if self.signing_key_publish_delay_seconds < published_before:
+            raise ValueError(
+                "FOLIO_SIGNING_KEY_PUBLISH_DELAY_SECONDS must be at least "
+                "FOLIO_JWKS_TTL_SECONDS + FOLIO_SIGNING_KEYS_RELOAD_SECONDS, so verifiers "
+                "know a new key before it signs"
+            )
+        return self
+
+
+class AuthSettings(SigningSettings):
+    """What the auth service reads from its environment, validated when it starts."""
+
+    # Google sign-in. The certs URL must serve Google's v1 format ({kid: x509 PEM});
+    # tests point both URLs at a local issuer.
+    google_client_ids: Annotated[list[str], NoDecode] = []
+    google_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_hd_allowlist: Annotated[list[str], NoDecode] = []
+    # Exact redirect URIs the code flow accepts; the code flow is off while empty.
+    google_redirect_uris: Annotated[list[str], NoDecode] = []
+    google_timeout_seconds: float = 10.0
+
+    # Sessions: a refresh token dies after idle_ttl unused, a session after absolute_ttl.
+    refresh_idle_ttl_seconds: int = 14 * 24 * 3600
+    refresh_absolute_ttl_seconds: int = 30 * 24 * 3600
+
+    # Sign-in and refresh attempts per client IP and per subject, per window.
+    rate_limit_window_seconds: int = 60
+    rate_limit_signin_per_ip: int = 20
+    rate_limit_signin_per_subject: int = 10
+    rate_limit_refresh_per_ip: int = 60
+    rate_limit_refresh_per_subject: int = 30
+    # Proxies in front of the gateway that append to X-Forwarded-For; the client
+    # address is the entry this many places left of the one the gateway appended.
+    trusted_proxy_hops: int = 0
+
+    @field_validator(
+        "google_client_ids", "google_hd_allowlist", "google_redirect_uris", mode="before"
+    )
+    @classmethod
+    def _comma_or_json_list(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _safe_to_run(self) -> Self:
+        """Refuse settings under which the service would be unsafe or unable to work."""
+        if not self.google_client_ids:
+            raise ValueError(
+                "FOLIO_GOOGLE_CLIENT_IDS is required: without an audience, google-auth "
+                "accepts ID tokens issued to any client"
+            )
+        if not self.redis_url:
+            raise ValueError("FOLIO_REDIS_URL is required (rate limits, nonces, sign-out)")
+        if self.refresh_idle_ttl_seconds <= 0 or self.refresh_absolute_ttl_seconds <= 0:
+            raise ValueError("refresh token lifetimes must be positive")
+        return self
