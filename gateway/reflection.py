@@ -1,5 +1,6 @@
 """Reads an upstream's services and file descriptors through gRPC server reflection."""
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 # v1 and v1alpha share their messages field for field, so one set of classes speaks both.
 REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+# How long a finished session waits for the server to end its stream.
+_CLOSE_SECONDS = 1.0
 # Services every Folio server carries for operators; they never become REST routes.
 INFRASTRUCTURE_PREFIXES = ("grpc.health.", "grpc.reflection.")
 # The end-of-stream marker of grpc.aio reads (grpc-stubs does not declare it).
@@ -73,8 +76,16 @@ class _Session:
         return response
 
     async def close(self) -> None:
-        await self._call.done_writing()
-        self._call.cancel()
+        """Half-close and let the server end the stream with OK, rather than cancel it."""
+        try:
+            await self._call.done_writing()
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                while await self._call.read() is not EOF:
+                    pass
+        except (grpc.aio.AioRpcError, TimeoutError):
+            pass
+        finally:
+            self._call.cancel()
 
 
 async def fetch_descriptors(channel: grpc.aio.Channel, deadline: float = 5.0) -> Descriptors:

@@ -10,7 +10,7 @@ import jwt
 from libs import access
 from libs.access import Principal, RoleLoader, principal_var
 from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
-from libs.interceptors.base import AroundInterceptor
+from libs.interceptors.base import AroundInterceptor, bound
 from libs.interceptors.request_context import metadata_value
 from libs.revocation import Revocations
 from libs.tokens import SERVICE_TOKEN_TYPE, AccessTokenVerifier, InvalidToken, verify_service_token
@@ -56,11 +56,8 @@ class AccessInterceptor(AroundInterceptor):
         self, context: grpc.aio.ServicerContext[Any, Any], method_name: str
     ) -> AsyncIterator[None]:
         principal = await self.authenticate(access.method_access(method_name), context)
-        token = principal_var.set(principal)
-        try:
+        with bound(principal_var, principal):
             yield
-        finally:
-            principal_var.reset(token)
 
     async def authenticate(
         self, level: int, context: grpc.aio.ServicerContext[Any, Any]

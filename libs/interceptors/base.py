@@ -1,13 +1,32 @@
 """A server interceptor written as one async context manager around the RPC."""
 
 import abc
+import contextvars
 import inspect
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import Any, TypeVar
 
 import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
+
+T = TypeVar("T")
+
+
+@contextmanager
+def bound(var: contextvars.ContextVar[T], value: T) -> Iterator[None]:
+    """Set ``var`` for the block, then put back what it held."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        try:
+            var.reset(token)
+        except ValueError:
+            # A server stream the client abandoned is closed later by the event loop's
+            # generator finalizer, in another context: the value set here is not visible
+            # there, so there is nothing to put back.
+            pass
 
 
 class AroundInterceptor(AsyncServerInterceptor, metaclass=abc.ABCMeta):

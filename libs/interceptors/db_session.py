@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from libs.db import Database, db_session_var
-from libs.interceptors.base import AroundInterceptor
+from libs.interceptors.base import AroundInterceptor, bound
 
 
 class DbSessionInterceptor(AroundInterceptor):
@@ -21,8 +21,5 @@ class DbSessionInterceptor(AroundInterceptor):
         self, context: grpc.aio.ServicerContext[Any, Any], method_name: str
     ) -> AsyncIterator[None]:
         async with self.database.session() as session:
-            token = db_session_var.set(session)
-            try:
+            with bound(db_session_var, session):
                 yield
-            finally:
-                db_session_var.reset(token)

@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -150,16 +151,19 @@ def test_sessions_can_be_listed_revoked_and_all_signed_out(
 @pytest.mark.parametrize(
     "claims",
     [
-        pytest.param({"aud": "another-client.apps.googleusercontent.com"}, id="wrong-audience"),
-        pytest.param({"iss": "https://accounts.example.com"}, id="wrong-issuer"),
-        pytest.param({"exp": int(time.time()) - 60, "iat": int(time.time()) - 3660}, id="expired"),
-        pytest.param({"email_verified": False}, id="email-not-verified"),
+        # Claims are made when the test runs, from its own clock.
+        pytest.param(
+            lambda now: {"aud": "another-client.apps.googleusercontent.com"}, id="wrong-audience"
+        ),
+        pytest.param(lambda now: {"iss": "https://accounts.example.com"}, id="wrong-issuer"),
+        pytest.param(lambda now: {"exp": now - 60, "iat": now - 3660}, id="expired"),
+        pytest.param(lambda now: {"email_verified": False}, id="email-not-verified"),
     ],
 )
 def test_bad_google_tokens_get_401(
-    stack: Stack, google_issuer: GoogleIssuer, claims: dict[str, Any]
+    stack: Stack, google_issuer: GoogleIssuer, claims: Callable[[int], dict[str, Any]]
 ) -> None:
-    assert_401(Client(stack).sign_in(google_issuer, **claims))
+    assert_401(Client(stack).sign_in(google_issuer, **claims(int(time.time()))))
 
 
 def _b64(data: bytes) -> str:

@@ -1,6 +1,7 @@
 """SignInWithGoogle against the local issuer: ID tokens, code + PKCE, refusals."""
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,19 +52,23 @@ async def test_an_id_token_signs_in_and_keys_the_user_on_sub(env: AuthEnv) -> No
 @pytest.mark.parametrize(
     "overrides",
     [
-        pytest.param({"aud": "someone-else.apps.googleusercontent.com"}, id="wrong-audience"),
-        pytest.param({"iss": "https://evil.example.com"}, id="wrong-issuer"),
+        # Each case gets the time of its own run: a claim computed when tests are collected
+        # would drift with the suite's duration.
         pytest.param(
-            {"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}, id="expired"
+            lambda now: {"aud": "someone-else.apps.googleusercontent.com"}, id="wrong-audience"
         ),
-        pytest.param({"email_verified": False}, id="email-not-verified"),
-        pytest.param({"email_verified": "true"}, id="email-verified-as-string"),
-        pytest.param({"iat": int(time.time()) + 60}, id="issued-in-the-future"),
+        pytest.param(lambda now: {"iss": "https://evil.example.com"}, id="wrong-issuer"),
+        pytest.param(lambda now: {"iat": now - 7200, "exp": now - 3600}, id="expired"),
+        pytest.param(lambda now: {"email_verified": False}, id="email-not-verified"),
+        pytest.param(lambda now: {"email_verified": "true"}, id="email-verified-as-string"),
+        pytest.param(lambda now: {"iat": now + 60}, id="issued-in-the-future"),
     ],
 )
-async def test_bad_google_tokens_are_refused(env: AuthEnv, overrides: dict[str, Any]) -> None:
+async def test_bad_google_tokens_are_refused(
+    env: AuthEnv, overrides: Callable[[int], dict[str, Any]]
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await sign_in_with(env, env.issuer.id_token(**overrides))
+        await sign_in_with(env, env.issuer.id_token(**overrides(int(time.time()))))
     assert caught.value.code() == UNAUTHENTICATED
     assert error_info(caught.value).reason == "INVALID_GOOGLE_TOKEN"
 

@@ -199,9 +199,18 @@ PUBLIC_PEM = (
     .public_key()
     .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 )
-PAST = int(time.time()) - ACCESS_TOKEN_TTL - 31
-# Far enough ahead to stay in the future however long the test session runs first.
-FUTURE = int(time.time()) + 6 * 3600
+
+
+def past() -> int:
+    """Long enough ago that a token issued then has expired beyond the leeway."""
+    return int(time.time()) - ACCESS_TOKEN_TTL - 31
+
+
+def future() -> int:
+    """Far enough ahead that a token issued then is refused as not yet valid."""
+    return int(time.time()) + 3600
+
+
 OVERSIZE = "x" * 9000
 
 NEGATIVE_ACCESS_TOKENS: dict[str, tuple[Callable[[], object], str]] = {
@@ -231,9 +240,9 @@ NEGATIVE_ACCESS_TOKENS: dict[str, tuple[Callable[[], object], str]] = {
         lambda: compact(header(), claims(iss="https://auth.folio.test.evil"), es256(KEY)),
         "wrong issuer",
     ),
-    "expired beyond leeway": (lambda: compact(header(), claims(now=PAST), es256(KEY)), "expired"),
+    "expired beyond leeway": (lambda: compact(header(), claims(now=past()), es256(KEY)), "expired"),
     "issued in the future": (
-        lambda: compact(header(), claims(now=FUTURE), es256(KEY)),
+        lambda: compact(header(), claims(now=future()), es256(KEY)),
         "not yet valid",
     ),
     "unknown kid": (
