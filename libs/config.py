@@ -78,16 +78,20 @@ class Settings(BaseSettings):
 
     def port(self, service: str, default: int | None = None) -> int:
         """The port ``service`` listens on."""
-        port: int | None = getattr(self, f"{service}_port", None)
-        port = port or self.service_ports.get(service) or default
+        port = self.service_ports.get(service) or getattr(self, f"{service}_port", None) or default
         if port is None:
-            raise KeyError(f"no port configured for service {service!r}")
-        return port
+            # A service without settings of its own listens on the port it declares.
+            from libs.service import registered_services
+
+            declared = registered_services().get(service)
+            if declared is None:
+                raise KeyError(f"no port configured for service {service!r}")
+            port = declared.port
+        return int(port)
 
     def address(self, service: str) -> str:
         """The ``host:port`` other processes dial to reach ``service``."""
-        configured: str | None = getattr(self, f"{service}_addr", None)
-        configured = configured or self.service_addrs.get(service)
+        configured = self.service_addrs.get(service) or getattr(self, f"{service}_addr", None)
         return configured or f"{self.service_host}:{self.port(service)}"
 
 

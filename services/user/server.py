@@ -2,17 +2,17 @@
 
 from pathlib import Path
 
-from folio.task.v1 import task_service_pb2_grpc
 from folio.user.v1 import user_service_pb2, user_service_pb2_grpc
 from libs.config import SERVICE_PORTS, Settings
 from libs.service import Kit, Parts, PurgeOrder, Service, servicer
+from libs.tasks.queue import TaskQueue
 from services.user.deletion import purge_user
 from services.user.handlers import role_loader
 from services.user.servicer import UserService
 
 
 async def build(kit: Kit[Settings]) -> Parts:
-    tasks = task_service_pb2_grpc.TaskServiceStub(kit.channel("task"))
+    tasks = TaskQueue(kit.channel("task"))
     return Parts(
         servicers=[
             servicer(

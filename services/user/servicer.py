@@ -1,6 +1,6 @@
 """UserService: proto <-> domain translation only."""
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -9,11 +9,9 @@ from libs.access import current_user_id
 from libs.convert import struct, timestamp, to_dict
 from libs.db import current_session
 from libs.errors import InvalidArgument, Unavailable
+from libs.tasks.queue import TaskQueue
 from services.user import deletion, handlers
 from services.user.models import User
-
-if TYPE_CHECKING:
-    from folio.task.v1.task_service_pb2_grpc import TaskServiceAsyncStub
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -48,7 +46,7 @@ def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str
 class UserService(user_service_pb2_grpc.UserServiceServicer):
     """Users, their profile and options."""
 
-    def __init__(self, tasks: "TaskServiceAsyncStub | None" = None) -> None:
+    def __init__(self, tasks: TaskQueue | None = None) -> None:
         # The task service, which queues account deletion.
         self.tasks = tasks
 

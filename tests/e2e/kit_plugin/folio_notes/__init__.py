@@ -1,0 +1,1 @@
+"""A test-only Folio service that joins the deployment as a plugin."""
