@@ -1,8 +1,6 @@
 """gRPC server bootstrap: interceptors, health per service, reflection, graceful SIGTERM drain."""
 
-import asyncio
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,15 +131,3 @@ class GrpcServer:
         await self.server.stop(self.grace_period if grace is None else grace)
         if self.security.revocations is not None:
             await self.security.revocations.close()
-
-    async def serve_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then drain and stop."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await self.start()
-        log.info("serving %s", ", ".join(self.service_names))
-        await stop.wait()
-        log.info("stopping: draining in-flight calls for up to %.0f s", self.grace_period)
-        await self.stop()

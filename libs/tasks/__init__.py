@@ -1,5 +1,6 @@
 """Folio's task runtime: the Celery app, task registration, the worker runtime, the outbox."""
 
+from libs.tasks.author import TaskCancelled, TaskContext, TransientError, task
 from libs.tasks.models import (
     CANCELLED,
     COMPLETED,
@@ -9,7 +10,6 @@ from libs.tasks.models import (
     RUNNING,
     STATUSES,
 )
-from libs.tasks.runtime import TaskCancelled, TaskContext, TransientError, task
 
 # The account-deletion task: the task service keeps it (as an anonymous receipt) when it
 # purges the user's other tasks.

@@ -9,14 +9,8 @@ from libs.config import Settings
 from libs.service import purge_targets
 from libs.tasks import TransientError, task
 from libs.tasks.app import TimeLimits, celery_config
-from libs.tasks.runtime import (
-    REGISTRY,
-    TaskLogFilter,
-    envelope,
-    is_transient,
-    retry_delay,
-    task_id_var,
-)
+from libs.tasks.author import REGISTRY, TaskLogFilter, task_id_var
+from libs.tasks.outcome import envelope, is_transient, retry_delay
 
 
 def settings(**overrides: object) -> Settings:
