@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.google_issuer",
     "tests.fixtures.stack",
+    "tests.fixtures.s3",
 ]
