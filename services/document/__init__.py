@@ -1,0 +1,1 @@
+"""Documents: content, revisions, attachments and PDF export."""
