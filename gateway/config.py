@@ -13,7 +13,9 @@ class GatewaySettings(Settings):
     gateway_upstreams: list[str] = Field(default_factory=lambda: list(SERVICE_PORTS))
     # name -> host:port, for upstreams outside SERVICE_PORTS or on other hosts.
     gateway_upstream_addresses: dict[str, str] = Field(default_factory=dict)
-    gateway_max_body_bytes: int = 1024 * 1024
+    # Above every limit a service declares for one request (a document's 1 MiB of content,
+    # JSON-escaped), so those limits answer with their own field violations.
+    gateway_max_body_bytes: int = 4 * 1024 * 1024
     gateway_max_json_depth: int = 32
     # Clients may ask for a shorter or longer deadline (seconds) with this header.
     gateway_deadline_header: str = "x-request-timeout"

@@ -20,6 +20,7 @@ from libs.migrations import migrate_all
 from libs.service import purge_targets, registered_services
 from tests.fixtures.engines import claimed_redis_db, replace_database
 from tests.fixtures.google_issuer import GoogleIssuer
+from tests.fixtures.s3 import S3Server
 from tests.fixtures.stack import Stack
 
 PLUGIN_SOURCE = Path(__file__).parent / "kit_plugin"
@@ -41,6 +42,7 @@ def plugin_stack(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
     google_issuer: GoogleIssuer,
+    s3_server: S3Server,
 ) -> Iterator[Stack]:
     site = tmp_path_factory.mktemp("site")
     install_plugin(site)
@@ -60,7 +62,11 @@ def plugin_stack(
                 tmp_path_factory.mktemp("kit-stack"),
                 database_url,
                 stack_redis_url,
-                {"PYTHONPATH": pythonpath.rstrip(os.pathsep), **google_issuer.stack_env()},
+                {
+                    "PYTHONPATH": pythonpath.rstrip(os.pathsep),
+                    **google_issuer.stack_env(),
+                    **s3_server.env(name.replace("_", "-")),
+                },
             )
             try:
                 for service in stack.services:
@@ -97,7 +103,7 @@ async def test_account_deletion_purges_a_service_that_only_registered(
     plugin_stack: Stack,
 ) -> None:
     stack = plugin_stack
-    assert [s.name for s in purge_targets()] == ["auth", "notes", "task", "user"]
+    assert [s.name for s in purge_targets()] == ["auth", "document", "notes", "task", "user"]
     database_url = stack.env["FOLIO_DATABASE_URL"]
     token = stack.mint_token("plugin-user@example.com")
     async with grpc.aio.insecure_channel(stack.address("user")) as channel:

@@ -50,7 +50,12 @@ def task_stack(
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     database_url = replace_database(postgres_server_url, name)
     migrate_all(database_url, migration_targets())
-    running = Stack(tmp_path_factory.mktemp("task-stack"), database_url, broker.url)
+    running = Stack(
+        tmp_path_factory.mktemp("task-stack"),
+        database_url,
+        broker.url,
+        request.getfixturevalue("s3_server").env(name.replace("_", "-")),
+    )
     issuer = _optional_fixture(request, "google_issuer")
     if issuer is not None:
         # The auth service signs users in against the local Google stand-in.
