@@ -19,6 +19,9 @@ from services.document.models import PENDING, Attachment, ObjectDeletion
 
 log = logging.getLogger(__name__)
 _SWEEP_BATCH = 100
+# A pending upload's presigned URL is made just after its row, and clocks differ a little:
+# the sweep waits this much longer than the upload can take.
+_SWEEP_MARGIN_SECONDS = 5
 
 
 def user_prefix(user_id: str) -> str:
@@ -74,7 +77,8 @@ class ObjectJanitor:
     async def sweep(self, *, pending_upload_seconds: int) -> None:
         """Retry recorded deletions and drop uploads never completed."""
         async with self.database.session() as session:
-            stale = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=pending_upload_seconds)
+            age = pending_upload_seconds + _SWEEP_MARGIN_SECONDS
+            stale = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
             abandoned = (
                 await session.scalars(
                     select(Attachment)

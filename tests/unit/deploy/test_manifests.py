@@ -31,8 +31,9 @@ def container_commands() -> list[list[str]]:
             pod = document.get("spec", {}).get("template", {}).get("spec", {})
             commands += [c["args"] for c in pod.get("containers", []) if "args" in c]
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    commands += [s["command"] for s in compose["services"].values() if "command" in s]
-    return [c for c in commands if c[0] != "redis-server"]
+    # Only Folio's own image runs the folio CLI; Redis and MinIO run their own commands.
+    commands += [s["command"] for s in compose["services"].values() if "build" in s]
+    return commands
 
 
 def test_every_process_runs_a_folio_command() -> None:
