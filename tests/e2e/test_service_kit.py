@@ -103,7 +103,7 @@ async def test_account_deletion_purges_a_service_that_only_registered(
     plugin_stack: Stack,
 ) -> None:
     stack = plugin_stack
-    assert [s.name for s in purge_targets()] == ["auth", "document", "notes", "task", "user"]
+    assert [s.name for s in purge_targets()] == ["auth", "document", "llm", "notes", "task", "user"]
     database_url = stack.env["FOLIO_DATABASE_URL"]
     token = stack.mint_token("plugin-user@example.com")
     async with grpc.aio.insecure_channel(stack.address("user")) as channel:

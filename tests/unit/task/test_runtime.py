@@ -111,4 +111,10 @@ def test_task_kinds_are_namespaced_and_unique() -> None:
 
 
 def test_account_deletion_purges_auth_first_and_the_user_row_last() -> None:
-    assert [service.name for service in purge_targets()] == ["auth", "document", "task", "user"]
+    assert [service.name for service in purge_targets()] == [
+        "auth",
+        "document",
+        "llm",
+        "task",
+        "user",
+    ]

@@ -1,0 +1,1 @@
+"""The LLM service: Claude completions with usage accounting and token budgets."""
