@@ -31,10 +31,7 @@ RETRY_SERVICE_CONFIG = json.dumps(
 )
 
 
-class _OutgoingMetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
+class _OutgoingMetadata:
     """Adds the service token, request id and acting user, and a default deadline."""
 
     def __init__(self, callee: str, tokens: ServiceTokenCache, deadline: float) -> None:
@@ -59,9 +56,15 @@ class _OutgoingMetadataInterceptor(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# grpc.aio files an interceptor under the first call type it implements only, so unary and
+# server-streaming calls each get an interceptor of their own.
+class _UnaryOutgoing(_OutgoingMetadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamOutgoing(_OutgoingMetadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
@@ -75,6 +78,7 @@ def service_channel(
         settings.address(callee),
         options=[("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG)],
         interceptors=[
-            _OutgoingMetadataInterceptor(callee, tokens, settings.default_deadline_seconds)  # type: ignore[list-item]
+            _UnaryOutgoing(callee, tokens, settings.default_deadline_seconds),  # type: ignore[list-item]
+            _StreamOutgoing(callee, tokens, settings.default_deadline_seconds),  # type: ignore[list-item]
         ],
     )

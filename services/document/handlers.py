@@ -19,6 +19,10 @@ from services.document.objects import ObjectJanitor
 from services.document.settings import DocumentSettings
 
 EXPORT_KIND = "document.export"
+GENERATE_KIND = "document.generate"
+SUMMARIZE_KIND = "document.summarize"
+REWRITE_KIND = "document.rewrite"
+MAX_PROMPT_CHARS = 20_000
 # PostgreSQL text search configuration of documents.search (the migration's).
 SEARCH_CONFIG = "english"
 USER = "user"
@@ -104,7 +108,13 @@ def _check_etag(document: Document, etag: str) -> None:
 
 
 async def create_document(
-    session: AsyncSession, settings: DocumentSettings, user_id: str, *, title: str, content: str
+    session: AsyncSession,
+    settings: DocumentSettings,
+    user_id: str,
+    *,
+    title: str,
+    content: str,
+    author: str = USER,
 ) -> Document:
     """A new document, whose first revision is its content."""
     document = Document(
@@ -117,7 +127,7 @@ async def create_document(
         word_count=word_count(content),
     )
     session.add(document)
-    session.add(_revision_of(document, author=USER))
+    session.add(_revision_of(document, author=author))
     await session.flush()
     await session.refresh(document)
     return document
@@ -490,6 +500,67 @@ async def request_export(
         params={"document_id": document.id},
     )
     return task.task_id, task.status
+
+
+# --------------------------------------------------------------------------- AI operations
+
+
+def _check_prompt(field: str, value: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} is required", field_violations={field: "required"})
+    if len(value) > MAX_PROMPT_CHARS or "\x00" in value:
+        raise InvalidArgument(
+            f"invalid {field}",
+            field_violations={field: f"at most {MAX_PROMPT_CHARS} characters, no U+0000"},
+        )
+    return value
+
+
+async def _queue(
+    tasks: TaskQueue, kind: str, user_id: str, params: dict[str, object]
+) -> tuple[str, str]:
+    task = await tasks.enqueue(
+        kind, user_id=user_id, idempotency_key=f"{kind}:{new_id()}", params=params
+    )
+    return task.task_id, task.status
+
+
+async def request_generate(
+    tasks: TaskQueue, settings: DocumentSettings, user_id: str, *, prompt: str, title: str
+) -> tuple[str, str]:
+    """Queue a draft of a new document from ``prompt``."""
+    _check_prompt("prompt", prompt)
+    if title:
+        check_title(title, settings)
+    return await _queue(tasks, GENERATE_KIND, user_id, {"prompt": prompt, "title": title})
+
+
+async def request_summary(
+    session: AsyncSession, tasks: TaskQueue, user_id: str, document_id: str
+) -> tuple[str, str]:
+    document = await get_owned(session, user_id, document_id)
+    return await _queue(tasks, SUMMARIZE_KIND, user_id, {"document_id": document.id})
+
+
+async def request_rewrite(
+    session: AsyncSession,
+    tasks: TaskQueue,
+    user_id: str,
+    document_id: str,
+    *,
+    instruction: str,
+    etag: str,
+) -> tuple[str, str]:
+    """Queue a rewrite of the revision current now; a later edit makes it a conflict."""
+    _check_prompt("instruction", instruction)
+    document = await get_owned(session, user_id, document_id)
+    _check_etag(document, etag)
+    params = {
+        "document_id": document.id,
+        "instruction": instruction,
+        "base_revision": document.revision,
+    }
+    return await _queue(tasks, REWRITE_KIND, user_id, params)
 
 
 # --------------------------------------------------------------------------- purge

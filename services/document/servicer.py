@@ -264,3 +264,36 @@ class DocumentService(document_service_pb2_grpc.DocumentServiceServicer):
             current_session(), self.deps.tasks, current_user_id(), request.document_id
         )
         return document_service_pb2.ExportDocumentPdfResponse(task_id=task_id, status=status)
+
+    async def GenerateDocument(
+        self, request: document_service_pb2.GenerateDocumentRequest, context: Context
+    ) -> document_service_pb2.GenerateDocumentResponse:
+        task_id, status = await handlers.request_generate(
+            self.deps.tasks,
+            self.deps.settings,
+            current_user_id(),
+            prompt=request.prompt,
+            title=request.title,
+        )
+        return document_service_pb2.GenerateDocumentResponse(task_id=task_id, status=status)
+
+    async def SummarizeDocument(
+        self, request: document_service_pb2.SummarizeDocumentRequest, context: Context
+    ) -> document_service_pb2.SummarizeDocumentResponse:
+        task_id, status = await handlers.request_summary(
+            current_session(), self.deps.tasks, current_user_id(), request.document_id
+        )
+        return document_service_pb2.SummarizeDocumentResponse(task_id=task_id, status=status)
+
+    async def RewriteDocument(
+        self, request: document_service_pb2.RewriteDocumentRequest, context: Context
+    ) -> document_service_pb2.RewriteDocumentResponse:
+        task_id, status = await handlers.request_rewrite(
+            current_session(),
+            self.deps.tasks,
+            current_user_id(),
+            request.document_id,
+            instruction=request.instruction,
+            etag=request.etag,
+        )
+        return document_service_pb2.RewriteDocumentResponse(task_id=task_id, status=status)
