@@ -74,33 +74,24 @@ class Budgets:
         start, resets_at = self.period_of(moment)
         call_id = new_id()
         async with self.database.session() as session:
-            await session.execute(
-                text(
-                    "INSERT INTO llm.budgets (user_id, period_start) VALUES (:user, :start)"
-                    " ON CONFLICT DO NOTHING"
-                ),
-                {"user": user_id, "start": start},
-            )
+            # One round trip: the budget row is created or raised only while the period's
+            # use stays within the budget, and the call is recorded only if it was.
             reserved = await session.scalar(
                 text(
-                    "UPDATE llm.budgets SET reserved_tokens = reserved_tokens + :tokens"
-                    " WHERE user_id = :user AND period_start = :start"
-                    " AND used_tokens + reserved_tokens + :tokens <= :budget"
-                    " RETURNING reserved_tokens"
-                ),
-                {"user": user_id, "start": start, "tokens": tokens, "budget": budget},
-            )
-            if reserved is None:
-                retry_after = max(1, math.ceil((resets_at - moment).total_seconds()))
-                raise ResourceExhausted(
-                    "the token budget of this period is spent",
-                    retry_after=retry_after,
-                    reason="QUOTA_EXCEEDED",
-                )
-            await session.execute(
-                text(
-                    "INSERT INTO llm.calls (id, user_id, operation, model, period_start,"
-                    " reserved_tokens) VALUES (:id, :user, :operation, :model, :start, :tokens)"
+                    "WITH reserved AS ("
+                    " INSERT INTO llm.budgets AS b (user_id, period_start, reserved_tokens)"
+                    " SELECT :user, :start, :tokens WHERE :tokens <= :budget"
+                    " ON CONFLICT (user_id, period_start) DO UPDATE"
+                    " SET reserved_tokens = b.reserved_tokens + excluded.reserved_tokens"
+                    " WHERE b.used_tokens + b.reserved_tokens + excluded.reserved_tokens"
+                    " <= :budget"
+                    " RETURNING 1"
+                    "), recorded AS ("
+                    " INSERT INTO llm.calls"
+                    " (id, user_id, operation, model, period_start, reserved_tokens)"
+                    " SELECT :id, :user, :operation, :model, :start, :tokens FROM reserved"
+                    " RETURNING 1"
+                    ") SELECT count(*) FROM recorded"
                 ),
                 {
                     "id": call_id,
@@ -109,8 +100,16 @@ class Budgets:
                     "model": model,
                     "start": start,
                     "tokens": tokens,
+                    "budget": budget,
                 },
             )
+            if not reserved:
+                retry_after = max(1, math.ceil((resets_at - moment).total_seconds()))
+                raise ResourceExhausted(
+                    "the token budget of this period is spent",
+                    retry_after=retry_after,
+                    reason="QUOTA_EXCEEDED",
+                )
         return Reservation(call_id, user_id, start, tokens)
 
     def period_of(self, moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
