@@ -95,6 +95,7 @@ class RouteTable:
         self.routes: list[Route] = []
         self._literal: dict[tuple[str, str], Route] = {}
         self._templated: dict[str, list[Route]] = {}
+        self._literal_paths: set[str] = set()
         self._verbs: frozenset[str] = frozenset(
             r.template.verb for r in routes_list if r.template.verb
         )
@@ -114,6 +115,7 @@ class RouteTable:
             self.routes.append(route)
             if route.template.literal is not None:
                 self._literal[(route.http_method, route.template.literal)] = route
+                self._literal_paths.add(route.template.literal)
             else:
                 self._templated.setdefault(route.http_method, []).append(route)
         for bucket in self._templated.values():
@@ -126,6 +128,10 @@ class RouteTable:
         route = self._literal.get((http_method, raw_path))
         if route is not None:
             return Match(route, {})
+        if raw_path in self._literal_paths:
+            # A path spelled out by some route (POST /api/documents/generate) is that
+            # resource, for every method: a variable (/api/documents/{id}) does not take it.
+            return None
         verb = self._verb_of(raw_path)
         for route in self._templated.get(http_method, ()):
             # A path ending in a known ":verb" belongs to that custom method only, not to a

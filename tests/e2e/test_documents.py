@@ -405,3 +405,10 @@ def test_account_deletion_removes_documents_and_every_object(
         ).fetchone()
     assert counts == (0, 0)
     assert objects_under(s3_server, bucket, prefix) == []
+
+
+def test_a_path_spelled_out_is_not_taken_for_a_document_id(stack: Stack) -> None:
+    client = Client(stack, "docs-paths@example.com")
+    response = client.request("GET", "/api/documents/generate")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
