@@ -1,10 +1,12 @@
 """Settings from ``FOLIO_*`` environment variables, shared by every Folio process."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICE_PORTS: dict[str, int] = {
     "auth": 50051,
@@ -13,6 +15,20 @@ SERVICE_PORTS: dict[str, int] = {
     "llm": 50054,
     "task": 50055,
 }
+
+
+def _comma_or_json_list(value: object) -> object:
+    """Accept a JSON list or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+# A list setting written either as JSON or as "a,b,c" in the environment.
+StringList = Annotated[list[str], NoDecode, BeforeValidator(_comma_or_json_list)]
 
 
 class Settings(BaseSettings):

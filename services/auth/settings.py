@@ -1,12 +1,10 @@
 """The auth service's own settings, on top of those every Folio process shares."""
 
-import json
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import model_validator
 
-from libs.config import Settings
+from libs.config import Settings, StringList
 
 
 class SigningSettings(Settings):
@@ -34,12 +32,12 @@ class AuthSettings(SigningSettings):
 
     # Google sign-in. The certs URL must serve Google's v1 format ({kid: x509 PEM});
     # tests point both URLs at a local issuer.
-    google_client_ids: Annotated[list[str], NoDecode] = []
+    google_client_ids: StringList = []
     google_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     google_token_url: str = "https://oauth2.googleapis.com/token"
-    google_hd_allowlist: Annotated[list[str], NoDecode] = []
+    google_hd_allowlist: StringList = []
     # Exact redirect URIs the code flow accepts; the code flow is off while empty.
-    google_redirect_uris: Annotated[list[str], NoDecode] = []
+    google_redirect_uris: StringList = []
     google_timeout_seconds: float = 10.0
 
     # Sessions: a refresh token dies after idle_ttl unused, a session after absolute_ttl.
@@ -55,19 +53,6 @@ class AuthSettings(SigningSettings):
     # Proxies in front of the gateway that append to X-Forwarded-For; the client
     # address is the entry this many places left of the one the gateway appended.
     trusted_proxy_hops: int = 0
-
-    @field_validator(
-        "google_client_ids", "google_hd_allowlist", "google_redirect_uris", mode="before"
-    )
-    @classmethod
-    def _comma_or_json_list(cls, value: object) -> object:
-        """Accept a JSON list or a comma-separated string."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
 
     @model_validator(mode="after")
     def _safe_to_run(self) -> Self:

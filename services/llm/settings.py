@@ -1,12 +1,10 @@
 """The LLM service's own settings, on top of those every Folio process shares."""
 
-import json
-from typing import Annotated, Literal, Self
+from typing import Literal, Self
 
-from pydantic import field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import model_validator
 
-from libs.config import Settings
+from libs.config import Settings, StringList
 
 
 class LlmSettings(Settings):
@@ -16,7 +14,7 @@ class LlmSettings(Settings):
     llm_provider: Literal["auto", "anthropic", "offline"] = "auto"
     # Another Messages API endpoint (a proxy, or a local server in tests).
     anthropic_base_url: str | None = None
-    llm_models: Annotated[list[str], NoDecode] = ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    llm_models: StringList = ["claude-sonnet-4-5", "claude-haiku-4-5"]
     llm_default_model: str = "claude-sonnet-4-5"
     llm_default_max_tokens: int = 1024
     llm_max_tokens_cap: int = 8192
@@ -33,16 +31,6 @@ class LlmSettings(Settings):
     llm_budget_tokens_premium: int = 2_000_000
     llm_budget_tokens_admin: int = 10_000_000
     llm_quota_period: Literal["day", "month"] = "month"
-
-    @field_validator("llm_models", mode="before")
-    @classmethod
-    def _comma_or_json_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
