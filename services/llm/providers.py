@@ -16,6 +16,7 @@ import anthropic
 import grpc
 
 from libs.errors import FolioError, InvalidArgument, ResourceExhausted, Unavailable
+from libs.service import ServiceConfigError
 from services.llm.settings import LlmSettings
 
 log = logging.getLogger(__name__)
@@ -262,9 +263,9 @@ def create_provider(settings: LlmSettings, api_key: str | None) -> Provider:
     wanted = settings.llm_provider
     if wanted == "anthropic" or (wanted == "auto" and api_key):
         if not api_key:
-            raise ValueError("FOLIO_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+            raise ServiceConfigError("FOLIO_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
         return AnthropicProvider(settings, api_key)
     if settings.is_production:
-        raise ValueError("production needs ANTHROPIC_API_KEY: it refuses the offline model")
+        raise ServiceConfigError("production needs ANTHROPIC_API_KEY: it refuses the offline model")
     log.warning("no ANTHROPIC_API_KEY: answering with the offline model")
     return OfflineProvider()
