@@ -135,6 +135,35 @@ def unauthenticated(message: str) -> HttpError:
     return HttpError(grpc.StatusCode.UNAUTHENTICATED, message, reason="INVALID_TOKEN")
 
 
+def not_found() -> HttpError:
+    """404: no route, of the gateway or of an upstream, has this path."""
+    return HttpError(grpc.StatusCode.NOT_FOUND, "No route matches this path.", reason="NO_ROUTE")
+
+
+def method_not_allowed(allowed: Sequence[str]) -> HttpError:
+    """405 with the Allow header; grpc-gateway's 501 would tell clients nothing."""
+    listed = ", ".join(allowed)
+    return HttpError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        "This path does not accept this method.",
+        reason="METHOD_NOT_ALLOWED",
+        metadata={"allow": listed},
+        status=HTTPStatus.METHOD_NOT_ALLOWED,
+        headers=[(b"allow", listed.encode())],
+    )
+
+
+def body_too_large(max_bytes: int) -> HttpError:
+    """413 for a request body over the gateway's limit."""
+    return HttpError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"The request body is larger than {max_bytes} bytes.",
+        reason="BODY_TOO_LARGE",
+        metadata={"max_bytes": str(max_bytes)},
+        status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
 def _detail_json(
     detail: any_pb2.Any, pool: descriptor_pool.DescriptorPool | None
 ) -> dict[str, Any]:

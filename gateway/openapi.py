@@ -6,114 +6,25 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
-from google.api import field_behavior_pb2
 from google.protobuf import descriptor
 
 from gateway.routes import Access, Route, RouteTable
+from gateway.schemas import (
+    ERROR_SCHEMA,
+    REF,
+    Schemas,
+    View,
+    output_only,
+    required,
+    settle_names,
+)
 from gateway.transcode import SCALAR_WKT, WKT_PREFIX
 
-FD = descriptor.FieldDescriptor
-REF = "#/components/schemas/"
 _PLACEHOLDER = re.compile(r"\{([^}]+)\}")
-ERROR_SCHEMA = "google.rpc.Status.AIP193"
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
 MAX_QUERY_DEPTH = 3
-INT32_RANGE = {"minimum": -(2**31), "maximum": 2**31 - 1}
-UINT32_RANGE = {"minimum": 0, "maximum": 2**32 - 1}
-FLOAT_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]
-}
-
-# proto3 JSON writes 64-bit integers as strings so JavaScript does not round them; a
-# client may send either form.
-INT64_SCHEMA: dict[str, Any] = {
-    "description": "A 64-bit integer: always written as a string, read as a string or number.",
-    "anyOf": [
-        {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
-        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-    ],
-}
-UINT64_SCHEMA: dict[str, Any] = {
-    "description": "An unsigned 64-bit integer: written as a string, read as a string or number.",
-    "anyOf": [
-        {"type": "string", "pattern": "^[0-9]{1,20}$"},
-        {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-    ],
-}
-
-_SCALARS: dict[int, dict[str, Any]] = {
-    FD.TYPE_DOUBLE: FLOAT_SCHEMA,
-    FD.TYPE_FLOAT: FLOAT_SCHEMA,
-    FD.TYPE_INT32: {"type": "integer", "format": "int32", **INT32_RANGE},
-    FD.TYPE_SINT32: {"type": "integer", "format": "int32", **INT32_RANGE},
-    FD.TYPE_SFIXED32: {"type": "integer", "format": "int32", **INT32_RANGE},
-    FD.TYPE_UINT32: {"type": "integer", "format": "int64", **UINT32_RANGE},
-    FD.TYPE_FIXED32: {"type": "integer", "format": "int64", **UINT32_RANGE},
-    FD.TYPE_INT64: INT64_SCHEMA,
-    FD.TYPE_SINT64: INT64_SCHEMA,
-    FD.TYPE_SFIXED64: INT64_SCHEMA,
-    FD.TYPE_UINT64: UINT64_SCHEMA,
-    FD.TYPE_FIXED64: UINT64_SCHEMA,
-    FD.TYPE_BOOL: {"type": "boolean"},
-    FD.TYPE_STRING: {"type": "string"},
-    FD.TYPE_BYTES: {"type": "string", "format": "byte", "contentEncoding": "base64"},
-}
-
-_WKT: dict[str, dict[str, Any]] = {
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"},
-    "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
-    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
-    "google.protobuf.Any": {
-        "type": "object",
-        "properties": {"@type": {"type": "string"}},
-        "required": ["@type"],
-        "additionalProperties": True,
-    },
-    "google.protobuf.DoubleValue": FLOAT_SCHEMA,
-    "google.protobuf.FloatValue": FLOAT_SCHEMA,
-    "google.protobuf.Int64Value": _SCALARS[FD.TYPE_INT64],
-    "google.protobuf.UInt64Value": _SCALARS[FD.TYPE_UINT64],
-    "google.protobuf.Int32Value": _SCALARS[FD.TYPE_INT32],
-    "google.protobuf.UInt32Value": _SCALARS[FD.TYPE_UINT32],
-    "google.protobuf.BoolValue": {"type": "boolean"},
-    "google.protobuf.StringValue": {"type": "string"},
-    "google.protobuf.BytesValue": _SCALARS[FD.TYPE_BYTES],
-}
-
-ERROR_COMPONENT: dict[str, Any] = {
-    "type": "object",
-    "description": "AIP-193 error: HTTP status, gRPC status name, message, details.",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "status", "message", "details"],
-            "properties": {
-                "code": {"type": "integer", "description": "The HTTP status."},
-                "status": {"type": "string", "description": "The gRPC status code name."},
-                "message": {"type": "string"},
-                "details": {
-                    "type": "array",
-                    "description": "One google.rpc.ErrorInfo, then any other detail.",
-                    "items": {
-                        "type": "object",
-                        "required": ["@type"],
-                        "properties": {"@type": {"type": "string"}},
-                        "additionalProperties": True,
-                    },
-                },
-            },
-            "additionalProperties": False,
-        }
-    },
-    "additionalProperties": False,
-}
 
 _ERROR_RESPONSES: dict[str, str] = {
     "400": "The request is malformed: see the google.rpc.BadRequest field violations.",
@@ -127,65 +38,22 @@ _ERROR_RESPONSES: dict[str, str] = {
 }
 
 
-class _Schemas:
-    """Collects component schemas of the messages the routes reach."""
-
-    def __init__(self) -> None:
-        self.components: dict[str, Any] = {ERROR_SCHEMA: ERROR_COMPONENT}
-
-    def message(self, desc: descriptor.Descriptor) -> dict[str, Any]:
-        wkt = _WKT.get(desc.full_name)
-        if wkt is not None:
-            return copy.deepcopy(wkt)
-        name = desc.full_name
-        if name not in self.components:
-            self.components[name] = {}  # placeholder: recursive messages refer to themselves
-            self.components[name] = {
-                "type": "object",
-                "properties": {fd.name: self.annotated(fd) for fd in desc.fields},
-                "additionalProperties": False,
-            }
-        return {"$ref": REF + name}
-
-    def annotated(self, fd: descriptor.FieldDescriptor) -> dict[str, Any]:
-        """The field's schema, marked readOnly when the proto says OUTPUT_ONLY (AIP-203)."""
-        schema = self.field(fd)
-        behaviors = fd.GetOptions().Extensions[field_behavior_pb2.field_behavior]
-        if field_behavior_pb2.OUTPUT_ONLY in behaviors:
-            schema["readOnly"] = True
-        return schema
-
-    def single(self, fd: descriptor.FieldDescriptor) -> dict[str, Any]:
-        if fd.message_type is not None:
-            return self.message(fd.message_type)
-        if fd.enum_type is not None:
-            return {"type": "string", "enum": [v.name for v in fd.enum_type.values]}
-        return copy.deepcopy(_SCALARS[fd.type])
-
-    def field(self, fd: descriptor.FieldDescriptor) -> dict[str, Any]:
-        message_type = fd.message_type
-        if message_type is not None and message_type.GetOptions().map_entry:
-            return {
-                "type": "object",
-                "additionalProperties": self.single(message_type.fields_by_name["value"]),
-            }
-        if fd.is_repeated:
-            return {"type": "array", "items": self.single(fd)}
-        return self.single(fd)
-
-
 def _query_fields(
-    desc: descriptor.Descriptor, prefix: str, depth: int
-) -> Iterator[tuple[str, descriptor.FieldDescriptor]]:
+    desc: descriptor.Descriptor, prefix: str, depth: int, needed: bool
+) -> Iterator[tuple[str, descriptor.FieldDescriptor, bool]]:
+    """Query parameter names with their leaf field, and whether a request must send them."""
     for fd in desc.fields:
+        if output_only(fd):
+            continue
         name = prefix + fd.name
+        must = needed and required(fd)
         nested = fd.message_type
         if nested is None or nested.full_name in SCALAR_WKT:
-            yield name, fd
+            yield name, fd, must
         elif nested.full_name.startswith(WKT_PREFIX):
             continue  # Struct, Any and friends have no query form
         elif not fd.is_repeated and depth < MAX_QUERY_DEPTH:
-            yield from _query_fields(nested, name + ".", depth + 1)
+            yield from _query_fields(nested, name + ".", depth + 1, must)
 
 
 def _placeholders(openapi_path: str) -> list[str]:
@@ -202,12 +70,12 @@ def _field_at(desc: descriptor.Descriptor, path: tuple[str, ...]) -> descriptor.
     return fd
 
 
-def _parameters(route: Route, schemas: _Schemas, names: dict[str, str]) -> list[dict[str, Any]]:
+def _parameters(route: Route, schemas: Schemas, names: dict[str, str]) -> list[dict[str, Any]]:
     """Path then query parameters; ``names`` renames path placeholders to the shared path's."""
     params: list[dict[str, Any]] = []
     request = route.method.input_type
     for variable in route.template.variables:
-        schema = schemas.single(_field_at(request, variable.field_path))
+        schema = schemas.single(_field_at(request, variable.field_path), View.INPUT)
         if variable.pattern != "[^/]+":
             schema["description"] = f"Matches {variable.pattern} (slashes may be sent as-is)."
         own = variable.name.replace(".", "_")
@@ -233,7 +101,7 @@ def _parameters(route: Route, schemas: _Schemas, names: dict[str, str]) -> list[
     if route.body == "*":
         return params
     body_name = route.body_field.name if route.body_field is not None else None
-    for name, fd in _query_fields(request, "", 0):
+    for name, fd, must in _query_fields(request, "", 0, True):
         top = name.split(".", 1)[0]
         if top == body_name or any(
             name == b or name.startswith(b + ".") or b.startswith(name + ".")
@@ -244,59 +112,48 @@ def _parameters(route: Route, schemas: _Schemas, names: dict[str, str]) -> list[
             {
                 "name": name,
                 "in": "query",
-                "required": False,
-                "schema": schemas.field(fd),
+                "required": must,
+                "schema": schemas.field(fd, View.INPUT),
                 **({"style": "form", "explode": True} if fd.is_repeated else {}),
             }
         )
     return params
 
 
-def _without_bound(
-    desc: descriptor.Descriptor, bound: list[tuple[str, ...]], schemas: _Schemas
-) -> dict[str, Any]:
-    """``desc``'s schema minus the fields the URL path binds (they are not body fields)."""
-    if not bound:
-        return schemas.message(desc)
-    properties: dict[str, Any] = {}
-    for fd in desc.fields:
-        inner = [path[1:] for path in bound if path[0] == fd.name]
-        if any(not rest for rest in inner):
-            continue
-        if inner and fd.message_type is not None:
-            properties[fd.name] = _without_bound(fd.message_type, inner, schemas)
-        else:
-            properties[fd.name] = schemas.annotated(fd)
-    return {"type": "object", "properties": properties, "additionalProperties": False}
-
-
-def _request_body(route: Route, schemas: _Schemas) -> dict[str, Any] | None:
+def _request_body(route: Route, schemas: Schemas) -> dict[str, Any] | None:
+    """The body's schema: writable fields only, minus those the URL path binds."""
     if not route.body:
         return None
+    # A PATCH whose update mask the gateway fills from the body's keys changes only the
+    # fields sent, so none is required.
+    view = View.PATCH if route.update_mask_field else View.INPUT
     bound = [v.field_path for v in route.template.variables]
     body_field = route.body_field
     if body_field is None:
-        schema = _without_bound(route.method.input_type, bound, schemas)
+        request = route.method.input_type
+        schema = schemas.fields(request, view, bound) if bound else schemas.message(request, view)
+        needed = any(required(fd) for fd in request.fields if (fd.name,) not in bound)
     else:
         inner = [path[1:] for path in bound if path[0] == body_field.name and path[1:]]
         if inner and body_field.message_type is not None and not body_field.is_repeated:
-            schema = _without_bound(body_field.message_type, inner, schemas)
+            schema = schemas.fields(body_field.message_type, view, inner)
         else:
-            schema = schemas.field(body_field)
-    return {"required": False, "content": {JSON: {"schema": schema}}}
+            schema = schemas.field(body_field, view)
+        needed = required(body_field)
+    return {"required": needed, "content": {JSON: {"schema": schema}}}
 
 
-def _response_schema(route: Route, schemas: _Schemas) -> dict[str, Any]:
+def _response_schema(route: Route, schemas: Schemas) -> dict[str, Any]:
     if route.response_field is not None:
-        return schemas.field(route.response_field)
-    return schemas.message(route.method.output_type)
+        return schemas.field(route.response_field, View.OUTPUT)
+    return schemas.message(route.method.output_type, View.OUTPUT)
 
 
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": {"$ref": REF + ERROR_SCHEMA}}}}
 
 
-def _responses(route: Route, schemas: _Schemas) -> dict[str, Any]:
+def _responses(route: Route, schemas: Schemas) -> dict[str, Any]:
     success = str(int(route.success))
     responses: dict[str, Any] = {}
     schema = _response_schema(route, schemas)
@@ -368,7 +225,7 @@ def build_openapi(
     table: RouteTable, *, title: str = "Folio API", version: str = "1"
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route in ``table``."""
-    schemas = _Schemas()
+    schemas = Schemas()
     paths: dict[str, Any] = _gateway_paths()
     operation_ids: dict[str, int] = {}
     # Templates that match the same URLs share one path item (and so one Allow list), even
@@ -402,7 +259,7 @@ def build_openapi(
             "schema": {"type": "string"},
         }
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": title,
@@ -421,6 +278,8 @@ def build_openapi(
             },
         },
     }
+    settle_names(document)
+    return document
 
 
 def downgrade_to_30(document: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from libs.interceptors import (
     AccessInterceptor,
     DbSessionInterceptor,
     ErrorInterceptor,
+    FieldBehaviorInterceptor,
     RequestContextInterceptor,
 )
 from libs.revocation import Revocations, revocation_client
@@ -99,6 +100,7 @@ class GrpcServer:
                 roles,
                 security.revocations,
             ),
+            FieldBehaviorInterceptor(),
         ]
         if database is not None:
             interceptors.append(DbSessionInterceptor(database))

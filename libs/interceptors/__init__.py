@@ -4,6 +4,7 @@ from libs.interceptors.access import AccessInterceptor
 from libs.interceptors.base import AroundInterceptor
 from libs.interceptors.db_session import DbSessionInterceptor
 from libs.interceptors.errors import ErrorInterceptor
+from libs.interceptors.field_behavior import FieldBehaviorInterceptor
 from libs.interceptors.request_context import RequestContextInterceptor
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "AroundInterceptor",
     "DbSessionInterceptor",
     "ErrorInterceptor",
+    "FieldBehaviorInterceptor",
     "RequestContextInterceptor",
 ]

@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,6 +89,59 @@ def test_unknown_field_is_400_naming_it(stack: Stack) -> None:
     assert violations["field_violations"][0]["field"] == "user.nickname"
     query = httpx.get(f"{stack.gateway_url}/api/users/me", params={"x": 1}, headers=headers)
     assert query.status_code == 400
+
+
+def bad_request_fields(response: httpx.Response) -> dict[str, str]:
+    """The google.rpc.BadRequest field violations of a 400, by field path."""
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT"
+    found = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    return {v["field"]: v["description"] for v in found[0]["field_violations"]}
+
+
+def test_patch_me_refuses_fields_only_the_server_sets(stack: Stack) -> None:
+    url = f"{stack.gateway_url}/api/users/me"
+    headers = bearer(stack.mint_token("gw-read-only@example.com"))
+    before = httpx.get(url, headers=headers).json()
+    for body, field in (
+        ({"email": "x@y"}, "email"),
+        ({"display_name": "Eve", "is_admin": True}, "is_admin"),
+    ):
+        violations = bad_request_fields(httpx.patch(url, json=body, headers=headers))
+        # The gateway fills update_mask from the body's keys; the mask names the field.
+        assert list(violations) == [f"update_mask.{field}"]
+        assert "output only" in violations[f"update_mask.{field}"]
+    # Refused as a whole, before anything was written.
+    assert httpx.get(url, headers=headers).json() == before
+
+
+def test_openapi_marks_what_only_the_server_sets(stack: Stack) -> None:
+    document = httpx.get(f"{stack.gateway_url}/openapi.json").json()
+    schemas = document["components"]["schemas"]
+
+    def resolved(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        return schemas[ref.rsplit("/", 1)[1]] if ref else schema
+
+    me = document["paths"]["/api/users/me"]
+    user = resolved(me["get"]["responses"]["200"]["content"]["application/json"]["schema"])
+    assert user["properties"]["email"]["readOnly"] is True
+    assert user["properties"]["is_admin"]["readOnly"] is True
+    assert "readOnly" not in user["properties"]["display_name"]
+    assert set(user["required"]) == USER_FIELDS - {"created_at", "updated_at"}
+    patch = me["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    writable = resolved(patch)
+    assert set(writable["properties"]) == {"display_name", "picture_url"}
+    assert writable["additionalProperties"] is False
+    refresh = document["paths"]["/api/auth/refresh"]["post"]["requestBody"]
+    assert refresh["required"] is True
+    assert resolved(refresh["content"]["application/json"]["schema"])["required"] == [
+        "refresh_token"
+    ]
+    task = schemas["folio.task.v1.Task"]["properties"]
+    assert task["status"]["readOnly"] is True
+    assert task["result"]["readOnly"] is True
 
 
 def test_wrong_method_is_405_and_unknown_path_is_404(stack: Stack) -> None:

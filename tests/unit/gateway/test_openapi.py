@@ -116,3 +116,32 @@ def test_output_only_fields_are_read_only(document: dict[str, Any]) -> None:
     book = document["components"]["schemas"]["gwtest.v1.Book"]["properties"]
     assert book["etag"] == {"type": "string", "readOnly": True}
     assert "readOnly" not in book["title"]
+
+
+def test_request_bodies_leave_out_output_only_fields(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    create = document["paths"]["/v1/{parent}/books"]["post"]["requestBody"]
+    ref = create["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert ref == "gwtest.v1.Book-Input"  # the response keeps gwtest.v1.Book
+    assert "etag" not in schemas[ref]["properties"]
+    assert "title" in schemas[ref]["properties"]
+    patch = document["paths"]["/v1/{name}"]["patch"]["requestBody"]
+    assert "etag" not in patch["content"]["application/json"]["schema"]["properties"]
+
+
+def test_responses_require_the_fields_always_written(document: dict[str, Any]) -> None:
+    book = document["components"]["schemas"]["gwtest.v1.Book"]
+    # Fields without presence are written even when empty; messages only when set.
+    assert "title" in book["required"]
+    assert "tags" in book["required"]
+    assert "etag" in book["required"]
+    assert "author" not in book["required"]
+    assert "published_at" not in book["required"]
+    assert "required" not in document["components"]["schemas"]["gwtest.v1.Book-Input"]
+
+
+def test_request_only_messages_keep_their_own_name(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    fail = document["paths"]["/v1/fail"]["post"]["requestBody"]["content"]["application/json"]
+    assert fail["schema"] == {"$ref": "#/components/schemas/gwtest.v1.FailRequest"}
+    assert "gwtest.v1.FailRequest-Input" not in schemas
