@@ -160,8 +160,10 @@ def _responses(route: Route, schemas: Schemas) -> dict[str, Any]:
     if route.server_streaming:
         responses[success] = {
             "description": (
-                "A stream. With Accept: text/event-stream, one `data:` event per message and, "
-                "on failure, a final `event: error` whose data is the error JSON; otherwise "
+                "A stream. With Accept: text/event-stream, one `data:` event per message (a "
+                "message that is only a oneof is an event named after its field, e.g. "
+                "`event: delta`, with that field as data) and, on failure, a final "
+                "`event: error` whose data is the error JSON; otherwise "
                 "newline-delimited JSON, one message per line, a failure as a last "
                 '`{"error": ...}` line.'
             ),

@@ -24,7 +24,8 @@ KEEP_ALIVE = b": keep-alive\n\n"
 class StreamResponse:
     """One server-streaming RPC, relayed message by message; flushed as each one comes.
 
-    With ``sse``, each message is a ``data:`` event and a failure a final ``event: error``;
+    With ``sse``, each message is a ``data:`` event (named after the field set, for a
+    message that is only a oneof: ``event: delta``) and a failure a final ``event: error``;
     otherwise each is a JSON line and a failure a last ``{"error": ...}`` line. A failure
     before the first message is raised instead, so the client still gets its HTTP status.
     A client that disconnects cancels the RPC.
@@ -68,7 +69,7 @@ class StreamResponse:
             ]
             await send({"type": "http.response.start", "status": route.success, "headers": headers})
             while item is not EOF:
-                await _chunk(send, self._frame(encode(response_json(route, item))), more=True)
+                await _chunk(send, self._frame(route, item), more=True)
                 item = await self._next_message(call, send)
             await _chunk(send, b"", more=False)
         except grpc.aio.AioRpcError as error:
@@ -83,8 +84,15 @@ class StreamResponse:
             gone.cancel()
             call.cancel()
 
-    def _frame(self, payload: bytes) -> bytes:
-        return b"data: " + payload + b"\n\n" if self.sse else payload + b"\n"
+    def _frame(self, route: Route, item: message.Message) -> bytes:
+        value = response_json(route, item)
+        if not self.sse:
+            return encode(value) + b"\n"
+        event = _event_name(item)
+        if event is None or not isinstance(value, dict) or event not in value:
+            return b"data: " + encode(value) + b"\n\n"
+        # A message that is only a oneof names its event by the field set: `event: delta`.
+        return b"event: " + event.encode() + b"\ndata: " + encode(value[event]) + b"\n\n"
 
     async def _next_message(self, call: Any, send: Send) -> Any:
         """The stream's next message, sending heartbeats while none comes."""
@@ -99,6 +107,16 @@ class StreamResponse:
                 await _chunk(send, KEEP_ALIVE, more=True)
         finally:
             read.cancel()
+
+
+def _event_name(item: message.Message) -> str | None:
+    """The set field of a message made of one oneof and nothing else, if it is one."""
+    descriptor = item.DESCRIPTOR
+    oneofs = descriptor.oneofs
+    if len(oneofs) != 1 or len(oneofs[0].fields) != len(descriptor.fields):
+        return None
+    which: str | None = item.WhichOneof(oneofs[0].name)
+    return which
 
 
 async def _chunk(send: Send, body: bytes, *, more: bool) -> None:

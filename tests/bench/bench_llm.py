@@ -60,7 +60,7 @@ async def gateway_stream(
         headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
     ) as response:
         async for line in response.aiter_lines():
-            if line.startswith("data:") and '"delta"' in line:
+            if line == "event: delta":
                 deltas += 1
                 if deltas == 1:
                     first = time.perf_counter() - started

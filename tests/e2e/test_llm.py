@@ -174,11 +174,11 @@ def test_complete_stream_and_usage(llm_stack: Stack, upstream: AnthropicServer) 
     assert streamed.status_code == 200
     assert streamed.headers["content-type"].startswith("text/event-stream")
     events = sse_events(streamed)
-    deltas = [data["delta"]["text"] for _, data in events if "delta" in data]
+    deltas = [data["text"] for name, data in events if name == "delta"]
     assert len(deltas) >= 5 and "".join(deltas).split() == "one two three four five".split()
     last_name, last = events[-1]
-    assert "done" in last and last["done"]["usage"]["output_tokens"] == 5
-    assert last_name in ("done", "message")
+    assert last_name == "done" and last["usage"]["output_tokens"] == 5
+    assert last["stop_reason"] == "end_turn"
 
     usage = client.get("/api/llm/usage").json()
     assert usage["usage"]["output_tokens"] == 11
@@ -250,7 +250,7 @@ def test_a_mid_stream_error_ends_the_stream_and_charges_what_was_sent(
     response = client.post("/api/llm/stream", chat("go"), headers={"Accept": "text/event-stream"})
     assert response.status_code == 200
     events = sse_events(response)
-    assert [d["delta"]["text"] for _, d in events if "delta" in d] != []
+    assert [data["text"] for name, data in events if name == "delta"] != []
     name, last = events[-1]
     assert name == "error" and last["error"]["code"] in (429, 503), last
     assert len(upstream.requests) == 1  # text had been sent: no retry
@@ -287,7 +287,7 @@ def test_a_client_that_drops_a_stream_stops_the_model(
     ):
         seen = 0
         for line in response.iter_lines():
-            if line.startswith("data:") and "delta" in line:
+            if line.startswith("event: delta"):
                 seen += 1
                 if seen == 3:
                     break
