@@ -50,9 +50,6 @@ class Client:
         deadline = time.monotonic() + within
         while True:
             response = self.request("GET", f"/api/tasks/{task_id}?wait_seconds=2")
-            if response.status_code == 404:
-                # Before the primary binding exists, tasks are read at the original path.
-                response = self.request("GET", f"/tasks/{task_id}?wait_seconds=2")
             assert response.status_code == 200, response.text
             task: dict[str, Any] = response.json()
             if task["status"] in ("completed", "failed", "cancelled"):

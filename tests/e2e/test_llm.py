@@ -116,14 +116,14 @@ class Client:
     def wait_for_task(self, task_id: str, within: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + within
         while True:
-            task: dict[str, Any] = self.get(f"/tasks/{task_id}?wait_seconds=2").json()
+            task: dict[str, Any] = self.get(f"/api/tasks/{task_id}?wait_seconds=2").json()
             if task["status"] in ("completed", "failed", "cancelled"):
                 return task
             assert time.monotonic() < deadline, f"task {task_id} stayed {task['status']}"
 
     def wait_until_running(self, task_id: str, within: float = 30) -> None:
         deadline = time.monotonic() + within
-        while self.get(f"/tasks/{task_id}?wait_seconds=1").json()["status"] != "running":
+        while self.get(f"/api/tasks/{task_id}?wait_seconds=1").json()["status"] != "running":
             assert time.monotonic() < deadline, "the task did not start"
 
 
@@ -419,7 +419,7 @@ def test_cancelling_a_rewrite_stops_the_model_and_writes_nothing(
     ).json()["task_id"]
     upstream.wait_for_requests(1, timeout=30)
     client.wait_until_running(task_id)
-    cancelled = client.post(f"/tasks/{task_id}/cancel", {})
+    cancelled = client.post(f"/api/tasks/{task_id}/cancel", {})
     assert cancelled.status_code == 200, cancelled.text
     record = upstream.wait_for_disconnect(timeout=10)
     assert record.deltas_sent < 300

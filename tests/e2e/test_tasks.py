@@ -244,6 +244,11 @@ def test_another_users_task_is_not_found_exactly_like_an_unknown_one(task_stack:
         assert theirs.json().get("tasks", []) == []
         mine = httpx.get(f"{stack.gateway_url}/api/tasks", headers=bearer(owner))
         assert [t["task_id"] for t in mine.json()["tasks"]] == [task_id]
+        # Read at /api/tasks/{id}, and at the original /tasks/{id} as well.
+        primary = httpx.get(f"{stack.gateway_url}/api/tasks/{task_id}", headers=bearer(owner))
+        original = httpx.get(f"{stack.gateway_url}/tasks/{task_id}", headers=bearer(owner))
+        assert primary.status_code == original.status_code == 200
+        assert primary.json()["task_id"] == original.json()["task_id"] == task_id
         assert get_task(stack, owner, task_id).status_code == 200
 
 
