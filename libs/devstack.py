@@ -1,5 +1,6 @@
 """``folio dev``: embedded engines, migrations, and every process with prefixed logs."""
 
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +26,50 @@ from libs.service import registered_services
 
 log = logging.getLogger(__name__)
 DEV_STATE_FILE = "dev.json"
+# Held by the one `folio dev` that runs in a data directory, and names its pid.
+DEV_LOCK_FILE = "dev.lock"
+
+
+class DevStackRunning(Exception):
+    """Another ``folio dev`` holds this data directory."""
+
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        self.data_dir = data_dir
+        self.holder = holder
+        who = f"pid {holder}" if holder else "another process"
+        super().__init__(
+            f"folio dev is already running in {data_dir} ({who}); stop it first "
+            f"(Ctrl-C in its terminal{f', or kill -INT {holder}' if holder else ''}), "
+            "or give this one another FOLIO_DATA_DIR"
+        )
+
+
+@contextmanager
+def holding_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for this process, or raise DevStackRunning and touch nothing.
+
+    An exclusive lock the kernel drops when the process dies, so a killed stack never
+    leaves the directory locked.
+    """
+    handle = (data_dir / DEV_LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise DevStackRunning(data_dir, holder) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def available_services() -> list[str]:
@@ -169,6 +214,15 @@ def run_dev(settings: Settings) -> int:
     """Start everything on embedded defaults and supervise it until Ctrl-C or SIGTERM."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     data_dir = settings.data_dir.resolve()
+    try:
+        with holding_data_dir(data_dir):
+            return _run_dev(settings, data_dir)
+    except DevStackRunning as running:
+        print(running, file=sys.stderr, flush=True)
+        return 2
+
+
+def _run_dev(settings: Settings, data_dir: Path) -> int:
     stop_requested: list[int] = []
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -103,6 +103,22 @@ def test_folio_dev_serves_the_user_service_and_stops_cleanly(dev_stack: DevStack
     assert me.returncode == 0, me.stderr
     assert json.loads(me.stdout)["user"]["email"] == "ada@example.com"
 
+    # A second `folio dev` in the same directory refuses at once and touches nothing.
+    second = subprocess.run(
+        [sys.executable, "-m", "libs.cli", "dev"],
+        env=dev_stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "already running" in second.stderr
+    assert f"pid {dev_stack.process.pid}" in second.stderr
+    again = dev_stack.grpcurl(
+        "-d", "{}", dev_stack.user_address, "folio.user.v1.UserService/GetMe", token=token
+    )
+    assert again.returncode == 0, again.stderr
+
     anonymous = dev_stack.grpcurl(
         "-d", "{}", dev_stack.user_address, "folio.user.v1.UserService/GetMe"
     )
