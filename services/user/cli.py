@@ -7,12 +7,15 @@ import sys
 from libs.commands import Command
 from libs.config import Settings
 from libs.devstack import dev_database_url
+from libs.secrets import load_secrets
 from services.user.dev_tokens import mint_dev_token
 
 
 def _mint(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.is_production:
-        print("token minting is for development only", file=sys.stderr)
+    # Only the development keys this machine generated may mint: never keys from the
+    # environment or a secrets store, whatever FOLIO_ENV says.
+    if settings.is_production or load_secrets(settings).source != "generated":
+        print("token minting is for development only (generated dev keys)", file=sys.stderr)
         return 2
     url = dev_database_url(settings)
     if url is None:

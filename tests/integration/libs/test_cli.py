@@ -51,6 +51,19 @@ def test_token_mint_creates_the_user_once_and_is_refused_in_production(
     assert refused.returncode == 2
     assert "development only" in refused.stderr
 
+    # Keys from the environment (or a secrets store) are never minted with, even in dev.
+    import json
+
+    generated = json.loads((tmp_path / "secrets.json").read_text())
+    real_keys = {
+        "FOLIO_JWT_SIGNING_KEYS": json.dumps(generated["jwt_signing_keys"]),
+        "FOLIO_JWT_ACTIVE_KID": generated["jwt_active_kid"],
+        "FOLIO_INTERNAL_TOKEN_KEY": generated["internal_token_key"],
+    }
+    with_real_keys = folio("token", "mint", "--email", "ops@example.com", **env, **real_keys)
+    assert with_real_keys.returncode == 2, with_real_keys.stdout
+    assert "development only" in with_real_keys.stderr
+
 
 @pytest.mark.parametrize("args", [["serve", "nosuch"], ["token"]])
 def test_bad_usage_is_reported(args: list[str]) -> None:
