@@ -1,13 +1,16 @@
 """What Folio adds to a Claude stream: time to first token, and tokens relayed per second.
 
-The same local Messages API server answers both sides in one run: the anthropic SDK
-calling it directly, and a REST client streaming through the gateway and the LLM service
-(which call it with the same SDK). Rounds alternate, so both see the same machine.
+The same local Messages API server, a process of its own, answers both sides in one run:
+the anthropic SDK calling it directly, and a REST client streaming through the gateway
+and the LLM service (which call it with the same SDK). It echoes the prompt, so a prompt
+of N words is an answer of about N tokens. Rounds alternate, so both see the same machine.
 """
 
 import asyncio
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +22,8 @@ import uvloop
 from libs.config import Settings
 from libs.devstack import backing_services, migration_targets
 from libs.migrations import migrate_all
-from tests.fixtures.anthropic_server import AnthropicServer, Reply
+from tests.fixtures.anthropic_server import API_KEY
+from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.stack import Stack
 
 MODEL = "claude-sonnet-4-5"
@@ -27,16 +31,47 @@ FIRST_TOKEN_CALLS = 60
 STREAMS = 50
 WORDS = 200
 ROUNDS = 2
+SHORT = "hi"
+LONG = " ".join(f"w{i}" for i in range(WORDS))
 
 
-async def direct_first_token(server: AnthropicServer) -> list[float]:
+class Upstream:
+    """``python -m tests.fixtures.anthropic_server`` on a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.api_key = API_KEY
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fixtures.anthropic_server", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._up, 30, "the local Messages API server")
+
+    def _up(self) -> bool:
+        try:
+            httpx.get(self.base_url, timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    def env(self) -> dict[str, str]:
+        return {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.api_key}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+async def direct_first_token(server: Upstream) -> list[float]:
     client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key=server.api_key)
     latencies = []
     try:
         for _ in range(FIRST_TOKEN_CALLS):
             started = time.perf_counter()
             async with client.messages.stream(
-                model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+                model=MODEL, max_tokens=64, messages=[{"role": "user", "content": SHORT}]
             ) as stream:
                 async for _text in stream.text_stream:
                     latencies.append(time.perf_counter() - started)
@@ -56,7 +91,7 @@ async def gateway_stream(
     async with http.stream(
         "POST",
         f"{url}/api/llm/stream",
-        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1024},
+        json={"messages": [{"role": "user", "content": LONG if not first_only else SHORT}]},
         headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
     ) as response:
         async for line in response.aiter_lines():
@@ -77,13 +112,13 @@ async def gateway_first_token(url: str, token: str) -> list[float]:
         ]
 
 
-async def direct_throughput(server: AnthropicServer) -> float:
+async def direct_throughput(server: Upstream) -> float:
     client = anthropic.AsyncAnthropic(base_url=server.base_url, api_key=server.api_key)
 
     async def one() -> int:
         count = 0
         async with client.messages.stream(
-            model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]
+            model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": LONG}]
         ) as stream:
             async for _text in stream.text_stream:
                 count += 1
@@ -113,8 +148,7 @@ def ms(values: list[float], q: float) -> float:
 
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="folio-bench-llm-"))
-    server = AnthropicServer().start()
-    server.default = Reply(" ".join(f"w{i}" for i in range(WORDS)))
+    server = Upstream()
     try:
         with backing_services(Settings(data_dir=workdir / "engines")) as urls:
             migrate_all(urls["FOLIO_DATABASE_URL"], migration_targets())
