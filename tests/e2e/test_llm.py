@@ -11,10 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
-from libs.devstack import migration_targets
-from libs.migrations import migrate_all
 from tests.fixtures.anthropic_server import (
     AnthropicServer,
     Fail,
@@ -23,11 +20,10 @@ from tests.fixtures.anthropic_server import (
     Reply,
     anthropic_server_session,  # noqa: F401
 )
-from tests.fixtures.engines import claimed_redis_db, replace_database
 from tests.fixtures.google_issuer import GoogleIssuer
 from tests.fixtures.processes import wait_until
 from tests.fixtures.s3 import S3Server
-from tests.fixtures.stack import Stack
+from tests.fixtures.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -45,43 +41,26 @@ def llm_stack(
     anthropic_server_session: AnthropicServer,  # noqa: F811
 ) -> Iterator[Stack]:
     """Every process, the LLM service pointed at the local Messages API server."""
-    name = f"folio_e2e_llm_{secrets.token_hex(4)}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = replace_database(postgres_server_url, name)
-    migrate_all(database_url, migration_targets())
-    try:
-        with claimed_redis_db(redis_url) as stack_redis_url:
-            stack = Stack(
-                tmp_path_factory.mktemp("llm-stack"),
-                database_url,
-                stack_redis_url,
-                {
-                    **google_issuer.stack_env(),
-                    **s3_server.env(name.replace("_", "-")),
-                    **anthropic_server_session.env(),
-                    "FOLIO_LLM_PROVIDER": "anthropic",
-                    "FOLIO_LLM_MODELS": "claude-sonnet-4-5",
-                    "FOLIO_LLM_DEFAULT_MODEL": "claude-sonnet-4-5",
-                    "FOLIO_LLM_BUDGET_TOKENS_ADMIN": str(ADMIN_BUDGET),
-                    "FOLIO_LLM_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
-                    "FOLIO_LLM_MAX_RETRIES": "2",
-                    "FOLIO_TASK_RETRY_BACKOFF_SECONDS": "0.5",
-                },
-            )
-            try:
-                for service in stack.services:
-                    stack.start_service(service)
-                stack.start_service("gateway")
-                stack.start_service("worker")
-                yield stack
-            finally:
-                stack.stop()
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    env = {
+        **google_issuer.stack_env(),
+        **s3_server.env(f"folio-e2e-llm-{secrets.token_hex(4)}"),
+        **anthropic_server_session.env(),
+        "FOLIO_LLM_PROVIDER": "anthropic",
+        "FOLIO_LLM_MODELS": "claude-sonnet-4-5",
+        "FOLIO_LLM_DEFAULT_MODEL": "claude-sonnet-4-5",
+        "FOLIO_LLM_BUDGET_TOKENS_ADMIN": str(ADMIN_BUDGET),
+        "FOLIO_LLM_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
+        "FOLIO_LLM_MAX_RETRIES": "2",
+        "FOLIO_TASK_RETRY_BACKOFF_SECONDS": "0.5",
+    }
+    with running_stack(
+        tmp_path_factory.mktemp("llm-stack"),
+        postgres_server_url,
+        redis_url,
+        env,
+        prefix="folio_e2e_llm",
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

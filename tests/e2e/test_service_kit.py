@@ -11,17 +11,13 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from psycopg import sql
 
 from folio.user.v1 import user_service_pb2, user_service_pb2_grpc
-from libs.devstack import migration_targets
 from libs.ids import new_id
-from libs.migrations import migrate_all
 from libs.service import purge_targets, registered_services
-from tests.fixtures.engines import claimed_redis_db, replace_database
 from tests.fixtures.google_issuer import GoogleIssuer
 from tests.fixtures.s3 import S3Server
-from tests.fixtures.stack import Stack
+from tests.fixtures.stack import Stack, running_stack
 
 PLUGIN_SOURCE = Path(__file__).parent / "kit_plugin"
 
@@ -48,40 +44,26 @@ def plugin_stack(
     install_plugin(site)
     paths = [str(PLUGIN_SOURCE), str(site)]
     sys.path[:0] = paths
-    name = f"folio_e2e_kit_{secrets.token_hex(4)}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = replace_database(postgres_server_url, name)
     try:
         assert "notes" in registered_services()
-        migrate_all(database_url, migration_targets())
         pythonpath = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
-        # Its own Redis database: another stack's worker must not take its tasks.
-        with claimed_redis_db(redis_url) as stack_redis_url:
-            stack = Stack(
-                tmp_path_factory.mktemp("kit-stack"),
-                database_url,
-                stack_redis_url,
-                {
-                    "PYTHONPATH": pythonpath.rstrip(os.pathsep),
-                    **google_issuer.stack_env(),
-                    **s3_server.env(name.replace("_", "-")),
-                },
-            )
-            try:
-                for service in stack.services:
-                    stack.start_service(service)
-                stack.start_service("worker")
-                yield stack
-            finally:
-                stack.stop()
+        env = {
+            "PYTHONPATH": pythonpath.rstrip(os.pathsep),
+            **google_issuer.stack_env(),
+            **s3_server.env(f"folio-e2e-kit-{secrets.token_hex(4)}"),
+        }
+        with running_stack(
+            tmp_path_factory.mktemp("kit-stack"),
+            postgres_server_url,
+            redis_url,
+            env,
+            prefix="folio_e2e_kit",
+            gateway=False,
+        ) as stack:
+            yield stack
     finally:
         for path in paths:
             sys.path.remove(path)
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def wait_for_task(database_url: str, task_id: str, within: float = 60) -> dict[str, object]:
