@@ -160,6 +160,24 @@ def test_documents_are_created_changed_searched_restored_and_deleted(stack: Stac
     assert alice.request("GET", doc).status_code == 404
 
 
+def test_search_ranks_title_matches_above_body_matches(stack: Stack) -> None:
+    client = Client(stack, "docs-rank@example.com")
+    in_body = client.create("Garden notes", "We saw an axolotl near the pond, then tea.")
+    in_title = client.create("Axolotl care", "Water, shade and patience.")
+    client.create("Unrelated", "Nothing to see here.")
+    found = client.request("GET", "/api/documents", params={"q": "axolotl"}).json()["documents"]
+    assert [d["id"] for d in found] == [in_title["id"], in_body["id"]]
+    # Pages of a search follow the same order.
+    first = client.request("GET", "/api/documents", params={"q": "axolotl", "page_size": 1})
+    token = first.json()["next_page_token"]
+    second = client.request(
+        "GET", "/api/documents", params={"q": "axolotl", "page_size": 1, "page_token": token}
+    )
+    assert [d["id"] for d in first.json()["documents"]] == [in_title["id"]]
+    assert [d["id"] for d in second.json()["documents"]] == [in_body["id"]]
+    assert second.json()["next_page_token"] == ""
+
+
 def test_limits_are_field_violations(stack: Stack) -> None:
     client = Client(stack, "docs-limits@example.com")
     cases = [
