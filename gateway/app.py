@@ -1,7 +1,8 @@
 """The ASGI application: REST in, gRPC out, with nothing domain-specific in between.
 
-Requests pass the middleware (request id, access log, errors, body limit), then the
-router picks a gateway endpoint or an upstream route, whose endpoint returns the response.
+Requests pass the middleware (request id, access log, CORS, compression, errors, conditional
+GET, body limit), then the router picks a gateway endpoint or an upstream route, whose
+endpoint returns the response.
 """
 
 import logging
@@ -9,13 +10,16 @@ import logging
 from gateway.asgi import ASGIApp, Receive, Scope, Send
 from gateway.auth import EdgeAuth
 from gateway.config import GatewaySettings
+from gateway.cors import cors_middleware
 from gateway.endpoints import GatewayEndpoints
 from gateway.errors import method_not_allowed, not_found
 from gateway.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
+    ConditionalGetMiddleware,
     ErrorMiddleware,
     RequestIdMiddleware,
+    gzip_middleware,
 )
 from gateway.proxy import Proxy
 from gateway.requests import Request
@@ -39,8 +43,15 @@ class GatewayApp:
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` inside the middleware stack; the last one wrapped runs first."""
-        app = BodyLimitMiddleware(app, max_bytes=self.settings.gateway_max_body_bytes)
+        settings = self.settings
+        app = BodyLimitMiddleware(app, max_bytes=settings.gateway_max_body_bytes)
+        # Inside compression, so a body a 304 drops is never compressed first.
+        app = ConditionalGetMiddleware(app)
         app = ErrorMiddleware(app)
+        # Outside the errors, so error bodies are compressed and readable cross-origin too;
+        # CORS outside compression answers preflights before anything else runs.
+        app = gzip_middleware(app, settings)
+        app = cors_middleware(app, settings)
         app = AccessLogMiddleware(app)
         return RequestIdMiddleware(app)
 

@@ -1,8 +1,13 @@
 """Gateway-only settings, on top of the ``FOLIO_*`` settings every process shares."""
 
-from pydantic import Field
+import re
 
-from libs.config import SERVICE_PORTS, Settings
+from pydantic import Field, field_validator
+
+from libs.config import SERVICE_PORTS, Settings, StringList
+
+# The origins a dev stack allows when none are configured: pages served from this machine.
+DEV_CORS_ORIGIN_REGEX = r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
 
 
 class GatewaySettings(Settings):
@@ -32,6 +37,59 @@ class GatewaySettings(Settings):
     gateway_health_timeout_seconds: float = 1.0
     # A verified access token is trusted for at most this long without re-verifying.
     gateway_token_cache_seconds: float = 30.0
+
+    # CORS, for web apps served from other origins: exact origins ("*" for any) and/or a
+    # regex an origin must match in full. With neither, dev allows pages on this machine
+    # (DEV_CORS_ORIGIN_REGEX) and production allows none, so CORS stays off.
+    gateway_cors_origins: StringList = Field(default_factory=list)
+    gateway_cors_origin_regex: str | None = None
+    gateway_cors_methods: StringList = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    )
+    gateway_cors_headers: StringList = Field(
+        default_factory=lambda: [
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "X-Request-ID",
+            "X-Request-Timeout",
+        ]
+    )
+    # Response headers a page's script may read, besides the CORS-safelisted ones.
+    gateway_cors_expose_headers: StringList = Field(
+        default_factory=lambda: ["X-Request-ID", "Retry-After", "ETag", "Location"]
+    )
+    # How long a browser may reuse a preflight's answer (browsers cap it: Chromium at 2 h).
+    gateway_cors_max_age_seconds: int = Field(default=600, ge=0)
+    # gzip for responses of at least this many bytes, when the client accepts it; level 0
+    # turns compression off. Level 6 costs a fraction of 9's CPU for nearly its ratio.
+    gateway_gzip_min_bytes: int = Field(default=1024, ge=0)
+    gateway_gzip_level: int = Field(default=6, ge=0, le=9)
+
+    @field_validator("gateway_cors_origin_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        """A broken regex fails at start-up, not on the first browser request."""
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+    def cors_origin_regex(self) -> str | None:
+        """The origin regex in force: the configured one, else dev's local pages, else none."""
+        if self.gateway_cors_origin_regex:
+            return self.gateway_cors_origin_regex
+        if not self.gateway_cors_origins and not self.is_production:
+            return DEV_CORS_ORIGIN_REGEX
+        return None
+
+    @property
+    def cors_enabled(self) -> bool:
+        """Whether any origin may call the API from a browser."""
+        return bool(self.gateway_cors_origins) or self.cors_origin_regex() is not None
 
     def upstream_address(self, name: str) -> str:
         """The ``host:port`` the gateway dials for upstream ``name``."""

@@ -1,7 +1,8 @@
 """Cross-cutting HTTP concerns as ASGI middleware, each wrapping the app it is given.
 
-The gateway stacks them, outermost first: request id, access log, errors, body limit.
-Each passes non-HTTP scopes (the lifespan) straight through.
+The gateway stacks them, outermost first: request id, access log, CORS (gateway.cors),
+compression, errors, conditional GET, body limit. Each passes non-HTTP scopes (the
+lifespan) straight through.
 """
 
 import logging
@@ -10,9 +11,12 @@ import time
 from http import HTTPStatus
 
 import grpc
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from gateway.asgi import REQUEST_ID_KEY, ASGIApp, Message, Receive, Scope, Send
+from gateway.config import GatewaySettings
 from gateway.errors import HttpError, bad_request, body_too_large
+from gateway.etags import NOT_MODIFIED_HEADERS, none_match
 from gateway.requests import ClientGone
 from gateway.responses import error_response
 from libs.ids import new_id
@@ -177,3 +181,55 @@ class BodyLimitMiddleware:
             raise bad_request("Bad Content-Length.", [("Content-Length", "not a number")])
         if int(length) > self.max_bytes:
             raise body_too_large(self.max_bytes)
+
+
+# Streams are never compressed: each event must reach the client as it is sent, and a
+# flush per small event would cost more bytes and CPU than compression saves.
+UNCOMPRESSED_TYPES = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-ndjson")
+
+
+def gzip_middleware(app: ASGIApp, settings: GatewaySettings) -> ASGIApp:
+    """``app`` behind Starlette's gzip for clients that accept it, unless turned off."""
+    if settings.gateway_gzip_level == 0:
+        return app
+    return GZipMiddleware(
+        app,
+        minimum_size=settings.gateway_gzip_min_bytes,
+        compresslevel=settings.gateway_gzip_level,
+        exclude_content_types=UNCOMPRESSED_TYPES,
+    )
+
+
+class ConditionalGetMiddleware:
+    """304 without a body for a GET or HEAD whose If-None-Match names the 200's ETag."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        conditions = [value for key, value in scope["headers"] if key == b"if-none-match"]
+        if not conditions:
+            await self.app(scope, receive, send)
+            return
+        condition = b", ".join(conditions).decode("latin-1")
+        not_modified = False
+
+        async def send_conditionally(message: Message) -> None:
+            nonlocal not_modified
+            if message["type"] == "http.response.start" and message["status"] == HTTPStatus.OK:
+                headers = message.get("headers", ())
+                etag = next((v for k, v in headers if k == b"etag"), None)
+                if etag is not None and none_match(condition, etag):
+                    not_modified = True
+                    kept = [(k, v) for k, v in headers if k in NOT_MODIFIED_HEADERS]
+                    message = {**message, "status": HTTPStatus.NOT_MODIFIED, "headers": kept}
+            elif not_modified and message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(scope, receive, send_conditionally)

@@ -26,6 +26,11 @@ NDJSON = "application/x-ndjson"
 JSON = "application/json"
 MAX_QUERY_DEPTH = 3
 
+ETAG_HEADER: dict[str, Any] = {
+    "description": "The resource's `etag`, quoted; send it back as If-None-Match or If-Match.",
+    "schema": {"type": "string"},
+}
+
 _ERROR_RESPONSES: dict[str, str] = {
     "400": "The request is malformed: see the google.rpc.BadRequest field violations.",
     "401": "A Bearer access token is missing, invalid or expired.",
@@ -98,6 +103,7 @@ def _parameters(route: Route, schemas: Schemas, names: dict[str, str]) -> list[d
                     "schema": {"type": "string"},
                 }
             )
+    params.extend(_header_parameters(route))
     if route.body == "*":
         return params
     body_name = route.body_field.name if route.body_field is not None else None
@@ -118,6 +124,38 @@ def _parameters(route: Route, schemas: Schemas, names: dict[str, str]) -> list[d
             }
         )
     return params
+
+
+def _header_parameters(route: Route) -> list[dict[str, Any]]:
+    """If-None-Match where a GET answers with an ETag, If-Match where a change takes one."""
+    if route.http_method == "GET" and route.response_etag:
+        return [
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "The ETag of the copy the client holds: 304 without a body while it is "
+                    "still current."
+                ),
+                "schema": {"type": "string"},
+            }
+        ]
+    if route.http_method != "GET" and route.etag_field is not None:
+        field = ".".join(route.etag_field)
+        return [
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "description": (
+                    f"An ETag: the change is made only if it is still current (else 409). "
+                    f"Sets `{field}`; a different `{field}` in the request is a 400."
+                ),
+                "schema": {"type": "string"},
+            }
+        ]
+    return []
 
 
 def _request_body(route: Route, schemas: Schemas) -> dict[str, Any] | None:
@@ -179,6 +217,13 @@ def _responses(route: Route, schemas: Schemas) -> dict[str, Any]:
             "description": HTTPStatus(route.success).phrase,
             "content": {JSON: {"schema": schema}},
         }
+        if route.response_etag:
+            responses[success]["headers"] = {"ETag": ETAG_HEADER}
+            if route.http_method == "GET":
+                responses["304"] = {
+                    "description": "Not modified: If-None-Match named the current ETag.",
+                    "headers": {"ETag": ETAG_HEADER},
+                }
     wanted = ["400", "404", "413", "503", "504"]
     if route.access != Access.PUBLIC:
         wanted.append("401")
@@ -268,7 +313,10 @@ def build_openapi(
             "version": version,
             "description": (
                 "Generated live from the services' descriptors. JSON field names are the "
-                "proto field names; 64-bit integers are strings; errors follow AIP-193."
+                "proto field names; 64-bit integers are strings; errors follow AIP-193. "
+                "Every GET also answers HEAD. A response whose object has an `etag` carries "
+                "it as the ETag header. Browsers on allowed origins may call the API (CORS); "
+                "responses are gzipped for clients that accept it, streams never."
             ),
         },
         "paths": paths,

@@ -12,6 +12,7 @@ from gateway.asgi import ASGIApp
 from gateway.auth import EdgeAuth
 from gateway.config import GatewaySettings
 from gateway.errors import HttpError, bad_request, from_rpc_error
+from gateway.etags import apply_if_match, etag_header
 from gateway.requests import Request
 from gateway.responses import NO_STORE, Response
 from gateway.routes import Access, Match, Route
@@ -20,6 +21,8 @@ from gateway.transcode import build_request, encode, response_json
 from gateway.upstreams import Upstreams
 
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
+# Methods that change nothing, so If-Match has nothing to guard on them.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 _JSON_MEDIA = re.compile(r"^\s*application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
 
 
@@ -50,6 +53,9 @@ class Proxy:
         message = build_request(
             route, match.path_values, request.query_string, body, self.max_depth
         )
+        if_match = headers.get(b"if-match")
+        if if_match is not None and request.method not in SAFE_METHODS:
+            apply_if_match(route, message, if_match)
         timeout = self._timeout(route, headers)
         metadata = self._metadata(request)
         if route.server_streaming:
@@ -70,9 +76,11 @@ class Proxy:
             raise self.upstream_error(route, error) from None
         if route.success == HTTPStatus.NO_CONTENT:
             return Response(route.success)
+        value = response_json(route, response)
         return Response(
             route.success,
-            encode(response_json(route, response)),
+            encode(value),
+            headers=etag_header(value),
             cache_control=_cache_control(trailers) or NO_STORE,
         )
 

@@ -9,7 +9,7 @@ from gateway.routes import Match, RouteTable
 
 # An endpoint turns a request into the response (an ASGI app) that answers it.
 Endpoint = Callable[[Request], Awaitable[ASGIApp]]
-# The gateway's own endpoints are read-only; HEAD is answered like GET.
+# The gateway's own endpoints are read-only; HEAD is answered like GET, as on every route.
 GATEWAY_METHODS = ("GET", "HEAD")
 GATEWAY_ALLOW = ("GET",)
 
@@ -51,6 +51,8 @@ class Router:
                 return Routed(endpoint=endpoint)
             return Routed(allowed=GATEWAY_ALLOW)
         table = self.table()
+        # HEAD is GET without the body (RFC 9110 9.3.2), so every GET route answers it.
+        method = "GET" if method == "HEAD" else method
         found = table.match(method, raw_path)
         if found is None and _has_encoded_slash(raw_path):
             # OpenAPI clients must percent-encode the slashes of multi-segment variables.

@@ -24,6 +24,8 @@ FREE_FORM = frozenset(
     {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 )
 HTTP_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH")
+# The one field name entity tags are read from and written to, in any message.
+ETAG = "etag"
 
 
 class Access(enum.IntEnum):
@@ -69,6 +71,25 @@ class Route:
         self.response_field = fields_out.get(self.response_body) if self.response_body else None
         self.path_fields = frozenset(v.name for v in self.template.variables)
         self.free_form_json = _reaches(self.method.output_type, FREE_FORM, set())
+        # Where If-Match goes: the request's own etag, else that of the message the body is.
+        self.etag_field: tuple[str, ...] | None = None
+        if _has_etag(self.method.input_type):
+            self.etag_field = (ETAG,)
+        elif (
+            self.body_field is not None
+            and not self.body_field.is_repeated
+            and _has_etag(self.body_field.message_type)
+        ):
+            self.etag_field = (self.body_field.name, ETAG)
+        # Whether the JSON answer is an object that may carry an etag (so an ETag header).
+        if self.server_streaming:
+            self.response_etag = False
+        elif self.response_field is None:
+            self.response_etag = _has_etag(self.method.output_type)
+        else:
+            self.response_etag = not self.response_field.is_repeated and _has_etag(
+                self.response_field.message_type
+            )
 
     @property
     def full_method(self) -> str:
@@ -153,6 +174,16 @@ class RouteTable:
     def allowed_methods(self, raw_path: str) -> list[str]:
         """The methods some route serves at ``raw_path`` (for 405's Allow header)."""
         return sorted(m for m in HTTP_METHODS if self.match(m, raw_path) is not None)
+
+
+def _has_etag(desc: descriptor.Descriptor | None) -> bool:
+    """Whether ``desc`` is a message with a singular string field named ``etag``."""
+    found = desc.fields_by_name.get(ETAG) if desc is not None else None
+    return (
+        found is not None
+        and found.type == descriptor.FieldDescriptor.TYPE_STRING
+        and not found.is_repeated
+    )
 
 
 def _reaches(desc: descriptor.Descriptor, targets: frozenset[str], seen: set[str]) -> bool:

@@ -28,7 +28,7 @@ class StreamResponse:
     message that is only a oneof: ``event: delta``) and a failure a final ``event: error``;
     otherwise each is a JSON line and a failure a last ``{"error": ...}`` line. A failure
     before the first message is raised instead, so the client still gets its HTTP status.
-    A client that disconnects cancels the RPC.
+    A client that disconnects cancels the RPC, and so does HEAD once the status is known.
     """
 
     def __init__(
@@ -68,6 +68,10 @@ class StreamResponse:
                 (b"x-accel-buffering", b"no"),
             ]
             await send({"type": "http.response.start", "status": route.success, "headers": headers})
+            if scope["method"] == "HEAD":
+                # The first message settled the status; the rest is body, which HEAD is not.
+                await _chunk(send, b"", more=False)
+                return
             while item is not EOF:
                 await _chunk(send, self._frame(route, item), more=True)
                 item = await self._next_message(call, send)

@@ -341,6 +341,7 @@ async def test_only_allowlisted_metadata_goes_up_and_none_comes_down(
         "cache-control",
         "x-request-id",
         "date",
+        "vary",  # Origin (CORS) and Accept-Encoding (gzip): what caches must key on
     }
 
 

@@ -8,6 +8,7 @@ the compiled service is served: the ones below behave as the tests expect, any o
 import argparse
 import asyncio
 import importlib
+import itertools
 import json
 import signal
 import sys
@@ -28,6 +29,7 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 STATS = {"cancelled_streams": 0, "finished_streams": 0, "calls": 0}
 BOOKS: dict[str, dict[str, Any]] = {}
+_ETAGS = itertools.count(1)
 
 
 def _classes(method: Any) -> tuple[type[message.Message], type[message.Message]]:
@@ -35,6 +37,11 @@ def _classes(method: Any) -> tuple[type[message.Message], type[message.Message]]
         message_factory.GetMessageClass(method.input_type),
         message_factory.GetMessageClass(method.output_type),
     )
+
+
+def _new_etag() -> str:
+    """A fresh etag for every write of a book."""
+    return f"e{next(_ETAGS)}"
 
 
 def _to_json(msg: message.Message) -> dict[str, Any]:
@@ -81,6 +88,7 @@ class Library:
         book = self.pb.Book()
         book.CopyFrom(request.book)
         book.name = f"{request.parent}/books/{request.book_id or len(BOOKS) + 1}"
+        book.etag = _new_etag()
         BOOKS[book.name] = _to_json(book)
         return book
 
@@ -90,7 +98,13 @@ class Library:
             await context.abort_with_status(_abort_status(3, "bad mask", "BAD_MASK", []))
         if request.book.name in BOOKS:
             json_format.ParseDict(BOOKS[request.book.name], current)
+        if request.book.etag and request.book.etag != current.etag:
+            # As a Folio service answers a stale etag: a conflict, never an overwrite.
+            await context.abort_with_status(
+                _abort_status(10, "the book changed since this etag", "ETAG_MISMATCH", [])
+            )
         request.update_mask.MergeMessage(request.book, current)
+        current.etag = _new_etag()
         BOOKS[current.name] = _to_json(current)
         return self.pb.UpdateBookResponse(book=current, update_mask=request.update_mask)
 

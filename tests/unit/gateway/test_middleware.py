@@ -8,8 +8,15 @@ import grpc
 import pytest
 
 from gateway.asgi import REQUEST_ID_KEY, Message, Receive, Scope, Send
+from gateway.config import GatewaySettings
 from gateway.errors import HttpError, unauthenticated
-from gateway.middleware import BodyLimitMiddleware, ErrorMiddleware, RequestIdMiddleware
+from gateway.middleware import (
+    BodyLimitMiddleware,
+    ConditionalGetMiddleware,
+    ErrorMiddleware,
+    RequestIdMiddleware,
+    gzip_middleware,
+)
 from gateway.requests import ClientGone, Request
 from gateway.responses import json_response
 
@@ -135,3 +142,92 @@ async def test_request_ids_are_kept_when_sane_and_echoed(given: bytes, kept: boo
     assert (echoed == given.decode()) is kept
     if not kept:
         assert len(echoed) == 26  # a new ULID
+
+
+def etagged(etag: bytes, status: int = 200) -> App:
+    """An app answering ``{"etag": ...}`` with that ETag, in two body chunks."""
+
+    async def app(_scope: Scope, _receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"12"),
+            (b"cache-control", b"no-store"),
+            (b"etag", etag),
+            (b"vary", b"Origin"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"etag":', "more_body": True})
+        await send({"type": "http.response.body", "body": b'"e1"}', "more_body": False})
+
+    return app
+
+
+def conditional(method: str, *conditions: bytes) -> Scope:
+    headers = [(b"if-none-match", value) for value in conditions]
+    return {"type": "http", "method": method, "path": "/x", "headers": headers}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    "conditions", [(b'"e1"',), (b'W/"e1"',), (b'"e0", "e1"',), (b'"e0"', b'"e1"'), (b"*",)]
+)
+async def test_if_none_match_naming_the_etag_is_304_without_a_body(
+    method: str, conditions: tuple[bytes, ...]
+) -> None:
+    sent = await run(ConditionalGetMiddleware(etagged(b'"e1"')), conditional(method, *conditions))
+    assert status_of(sent) == 304
+    assert dict(sent[0]["headers"]) == {
+        b"cache-control": b"no-store",
+        b"etag": b'"e1"',
+        b"vary": b"Origin",
+    }
+    assert [m["body"] for m in sent[1:]] == [b""]
+
+
+@pytest.mark.parametrize(
+    ("method", "conditions", "status"),
+    [
+        ("GET", (b'"e0"',), 200),  # another version: the full answer
+        ("GET", (b'"unclosed',), 200),  # a malformed condition is no condition
+        ("GET", (), 200),
+        ("PATCH", (b'"e1"',), 200),  # only GET and HEAD are answered 304
+        ("GET", (b'"e1"',), 404),  # errors stay errors
+    ],
+)
+async def test_anything_else_passes_unchanged(
+    method: str, conditions: tuple[bytes, ...], status: int
+) -> None:
+    app = ConditionalGetMiddleware(etagged(b'"e1"', status))
+    sent = await run(app, conditional(method, *conditions))
+    assert status_of(sent) == status
+    assert b"".join(m["body"] for m in sent[1:]) == b'{"etag":"e1"}'
+
+
+async def test_gzip_can_be_turned_off() -> None:
+    assert gzip_middleware(echo_length, GatewaySettings(gateway_gzip_level=0)) is echo_length
+    assert gzip_middleware(echo_length, GatewaySettings(gateway_gzip_level=1)) is not echo_length
+
+
+async def test_gzip_leaves_streams_alone_and_compresses_big_json() -> None:
+    async def answer(scope: Scope, _receive: Receive, send: Send) -> None:
+        kind = scope["path"].encode()
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", kind)]})
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b"x" * 2000, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    app = gzip_middleware(answer, GatewaySettings(gateway_gzip_level=6, gateway_gzip_min_bytes=1))
+    for kind, encoded in [
+        ("text/event-stream; charset=utf-8", False),
+        ("application/x-ndjson", False),
+        ("application/json", True),
+    ]:
+        request = {
+            "type": "http",
+            "method": "GET",
+            "path": kind,
+            "headers": [(b"accept-encoding", b"gzip")],
+        }
+        sent = await run(app, request)
+        assert (b"content-encoding" in dict(sent[0]["headers"])) is encoded, kind

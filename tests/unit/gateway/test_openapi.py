@@ -71,7 +71,7 @@ def test_query_parameters_exclude_path_and_body_fields(document: dict[str, Any])
     assert {"page_size", "filter.author", "filter.genres", "filter.min_pages", "tags"} <= set(names)
     assert names["tags"]["schema"] == {"type": "array", "items": {"type": "string"}}
     create = document["paths"]["/v1/{parent}/books"]["post"]["parameters"]
-    assert {p["name"] for p in create} == {"parent", "book_id"}
+    assert {p["name"] for p in create if p["in"] != "header"} == {"parent", "book_id"}
 
 
 def test_schemas_use_proto_names_and_int64_strings(document: dict[str, Any]) -> None:
@@ -145,3 +145,29 @@ def test_request_only_messages_keep_their_own_name(document: dict[str, Any]) -> 
     fail = document["paths"]["/v1/fail"]["post"]["requestBody"]["content"]["application/json"]
     assert fail["schema"] == {"$ref": "#/components/schemas/gwtest.v1.FailRequest"}
     assert "gwtest.v1.FailRequest-Input" not in schemas
+
+
+def test_etag_headers_are_documented_where_they_apply(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    get = paths["/v1/{name}"]["get"]
+    assert [p["name"] for p in get["parameters"] if p["in"] == "header"] == ["If-None-Match"]
+    assert set(get["responses"]["200"]["headers"]) == {"ETag"}
+    assert "content" not in get["responses"]["304"]
+    assert "ETag" in get["responses"]["304"]["headers"]
+    patch = paths["/v1/{name}"]["patch"]
+    if_match = [p for p in patch["parameters"] if p["in"] == "header"]
+    assert [p["name"] for p in if_match] == ["If-Match"]
+    assert "book.etag" in if_match[0]["description"]
+    assert "304" not in patch["responses"]
+    created = paths["/v1/{parent}/books"]["post"]["responses"]["201"]
+    assert set(created["headers"]) == {"ETag"}  # a Book, so its etag
+    # No etag in the answer (a list, a stream, whoami) or none in the request (delete).
+    for path, method in [
+        ("/v1/{parent}/books", "get"),
+        ("/v1/{parent}/books:stream", "get"),
+        ("/v1/whoami", "get"),
+        ("/v1/{name}", "delete"),
+    ]:
+        operation = paths[path][method]
+        assert not [p for p in operation["parameters"] if p["in"] == "header"], path
+        assert "304" not in operation["responses"]

@@ -55,3 +55,11 @@ def test_a_known_path_with_another_method_lists_the_allowed_ones(router: Router)
 def test_an_unknown_path_matches_nothing(router: Router) -> None:
     routed = router.match("GET", "/v1/nowhere", "/v1/nowhere")
     assert (routed.endpoint, routed.upstream, routed.allowed) == (None, None, ())
+
+
+def test_head_takes_the_get_route_of_any_upstream_path(router: Router) -> None:
+    routed = router.match("HEAD", "/v1/shelves/s1/books/b", "/v1/shelves/s1/books/b")
+    assert routed.upstream is not None
+    assert routed.upstream.route.operation_id == "gwtest.v1.LibraryService.GetBook"
+    refused = router.match("HEAD", "/v1/purge", "/v1/purge")  # no GET there: nothing to HEAD
+    assert refused.upstream is None and refused.endpoint is None
