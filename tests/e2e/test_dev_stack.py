@@ -148,4 +148,7 @@ def test_folio_dev_serves_the_user_service_and_stops_cleanly(dev_stack: DevStack
     output, _ = dev_stack.process.communicate(timeout=60)
     assert dev_stack.process.returncode == 0, output
     assert "stopped" in output
+    # A healthy stack, idle or answering these calls, logs no error.
+    errors = [line for line in output.splitlines() if '"level": "ERROR"' in line]
+    assert errors == [], errors[:3]
     assert processes_with_env("FOLIO_DATA_DIR", str(dev_stack.data_dir)) == []
