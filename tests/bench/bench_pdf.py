@@ -11,7 +11,7 @@ import time
 from services.document.pdf import render_pdf
 
 RUNS = 5
-SECTIONS = 42
+SECTIONS = 43
 TARGET_SECONDS = 2.0
 
 WORDS = (
