@@ -4,7 +4,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from libs.config import SERVICE_PORTS, Settings, StringList
+from libs.config import SERVICE_PORTS, Settings, StringList, settings_as
 
 # The origins a dev stack allows when none are configured: pages served from this machine.
 DEV_CORS_ORIGIN_REGEX = r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
@@ -98,8 +98,4 @@ class GatewaySettings(Settings):
 
 def gateway_settings(settings: Settings | None = None) -> GatewaySettings:
     """``settings`` as GatewaySettings: its shared values, gateway knobs from the environment."""
-    if isinstance(settings, GatewaySettings):
-        return settings
-    if settings is None:
-        return GatewaySettings()
-    return GatewaySettings(**settings.model_dump())
+    return GatewaySettings() if settings is None else settings_as(GatewaySettings, settings)

@@ -3,7 +3,7 @@
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BeforeValidator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -120,6 +120,16 @@ class Settings(BaseSettings):
         """The ``host:port`` other processes dial to reach ``service``."""
         configured = self.service_addrs.get(service) or getattr(self, f"{service}_addr", None)
         return configured or f"{self.service_host}:{self.port(service)}"
+
+
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+def settings_as(kind: type[SettingsT], base: Settings) -> SettingsT:
+    """``base`` as ``kind``: the values it was given, and ``kind``'s own from the environment."""
+    if isinstance(base, kind):
+        return base
+    return kind(**base.model_dump(exclude_unset=True))
 
 
 @lru_cache

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from folio.purge.v1 import purge_service_pb2, purge_service_pb2_grpc
 from libs.access import CachedRoles, RoleLoader
-from libs.config import Settings
+from libs.config import Settings, settings_as
 from libs.db import Database, current_session
 from libs.grpc_client import service_channel
 from libs.grpc_server import GrpcServer, Security, Servicer, build_security
@@ -126,11 +126,7 @@ class Service(Generic[SettingsT]):
 
     def load_settings(self, base: Settings | None = None) -> SettingsT:
         """This service's settings: from the environment, or ``base`` with its own fields."""
-        if isinstance(base, self.settings):
-            return base
-        if base is None:
-            return self.settings()
-        return self.settings(**base.model_dump(exclude_unset=True))
+        return self.settings() if base is None else settings_as(self.settings, base)
 
 
 class ServiceConfigError(Exception):

@@ -5,7 +5,7 @@ import sys
 import time
 
 from libs.commands import Command
-from libs.config import Settings
+from libs.config import Settings, settings_as
 from libs.secrets import SecretsError
 from services.auth.keys import rotate_signing_keys
 from services.auth.settings import SigningSettings
@@ -13,7 +13,7 @@ from services.auth.settings import SigningSettings
 
 def _rotate(settings: Settings, _args: argparse.Namespace) -> int:
     try:
-        rotation = rotate_signing_keys(SigningSettings(**settings.model_dump(exclude_unset=True)))
+        rotation = rotate_signing_keys(settings_as(SigningSettings, settings))
     except SecretsError as error:
         print(error, file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from sqlalchemy import select, update
 
 from folio.llm.v1 import llm_pb2, llm_service_pb2, llm_service_pb2_grpc
+from libs.config import settings_as
 from libs.db import get_db_context
 from libs.interceptors.access import ON_BEHALF_OF_KEY
 from libs.tasks import TaskContext, task
@@ -148,7 +149,7 @@ async def _owned(user_id: str, document_id: str) -> Document | None:
 
 
 def _settings(ctx: TaskContext) -> DocumentSettings:
-    return DocumentSettings(**ctx.settings.model_dump(exclude_unset=True))
+    return settings_as(DocumentSettings, ctx.settings)
 
 
 @task(GENERATE_KIND, time_limit=TIME_LIMIT)

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from folio.user.v1 import user_service_pb2, user_service_pb2_grpc
+from libs.config import settings_as
 from libs.db import get_db_context
 from libs.storage import Storage, storage_config
 from libs.tasks import TaskContext, task
@@ -57,7 +58,7 @@ async def export_pdf(ctx: TaskContext) -> dict[str, Any]:
     user_id, document_id = ctx.user_id, str(ctx.params.get("document_id", ""))
     if not user_id or not document_id:
         raise ValueError("an export needs its user and document")
-    settings = DocumentSettings(**ctx.settings.model_dump(exclude_unset=True))
+    settings = settings_as(DocumentSettings, ctx.settings)
     storage = storage_for(ctx)
     async with get_db_context() as session:
         document = await session.scalar(
