@@ -47,6 +47,7 @@ lint: setup $(BUF)
 	$(BIN)/lint-imports
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m tests.bench
 
 clean:
