@@ -19,7 +19,7 @@ from libs.interceptors import (
     FieldBehaviorInterceptor,
     RequestContextInterceptor,
 )
-from libs.revocation import Revocations, revocation_client
+from libs.revocation import Revocations, revocations_from_url
 from libs.secrets import load_secrets
 from libs.tokens import (
     AccessTokenVerifier,
@@ -62,7 +62,7 @@ def build_security(settings: Settings) -> Security:
         leeway=settings.token_leeway_seconds,
     )
     configure_default_verifier(verifier)
-    revocations = Revocations(revocation_client(settings.redis_url)) if settings.redis_url else None
+    revocations = revocations_from_url(settings.redis_url) if settings.redis_url else None
     if revocations is None:
         log.warning("FOLIO_REDIS_URL is not set: signed-out sessions keep working until expiry")
     return Security(

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -67,6 +67,42 @@ _SERVICE_JWT = jwt.PyJWT(
 )
 
 JwksFetch = Callable[[], Awaitable[dict[str, Any]]]
+# Tokens remembered as verified, per verifier; the oldest are forgotten first.
+VERIFIED_CACHE_SIZE = 10_000
+V = TypeVar("V")
+
+
+class VerifiedTokens(Generic[V]):
+    """Tokens that passed every check, with what they verified to, until they expire.
+
+    A token presented again within its lifetime costs a dict lookup instead of a
+    signature check. Only a successful verification is remembered; the expiry (with
+    the verifier's leeway) is checked on every hit. Safe to share between threads.
+    """
+
+    def __init__(self, max_entries: int = VERIFIED_CACHE_SIZE) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[V, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> V | None:
+        hit = self._entries.get(token)
+        if hit is None:
+            return None
+        if hit[1] <= time.time():
+            self._entries.pop(token, None)
+            return None
+        return hit[0]
+
+    def put(self, token: str, value: V, until: float) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max_entries:
+                self._entries.pop(next(iter(self._entries)), None)
+            self._entries[token] = (value, until)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 class InvalidToken(Exception):
@@ -274,16 +310,34 @@ class AccessTokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        # token -> (claims, kid): a hit stands only while its key is still in the key set.
+        self._verified: VerifiedTokens[tuple[AccessClaims, str]] = VerifiedTokens()
 
     async def verify(self, token: str) -> AccessClaims:
         """The claims of a valid access token; may refresh the key set."""
+        claims = self._remembered(token)
+        if claims is not None:
+            return claims
         kid = self._kid(token)
-        return self._decode(token, await self._keys.get(kid))
+        return self._remember(token, kid, self._decode(token, await self._keys.get(kid)))
 
     def verify_cached(self, token: str) -> AccessClaims:
         """Like ``verify`` but only with keys already cached; never does I/O."""
+        claims = self._remembered(token)
+        if claims is not None:
+            return claims
         kid = self._kid(token)
-        return self._decode(token, self._keys.peek(kid))
+        return self._remember(token, kid, self._decode(token, self._keys.peek(kid)))
+
+    def _remembered(self, token: str) -> AccessClaims | None:
+        hit = self._verified.get(token)
+        if hit is None or self._keys.peek(hit[1]) is None:
+            return None
+        return hit[0]
+
+    def _remember(self, token: str, kid: str, claims: AccessClaims) -> AccessClaims:
+        self._verified.put(token, (claims, kid), claims.expires_at + self._leeway)
+        return claims
 
     @staticmethod
     def _kid(token: object) -> str:
@@ -370,10 +424,23 @@ def sign_service_token(
     )
 
 
+_verified_service_tokens: VerifiedTokens[ServiceClaims] = VerifiedTokens()
+
+
 def verify_service_token(
     token: str, key: str, *, audience: str, leeway: float = 30
 ) -> ServiceClaims:
     """The claims of a valid service token addressed to ``audience``."""
+    # Remembered per (token, key, audience, leeway): a hit is exactly a repeat of this check.
+    remembered_as = f"{token}|{audience}|{leeway}|{key}"
+    claims = _verified_service_tokens.get(remembered_as)
+    if claims is None:
+        claims = _verify_service_token(token, key, audience=audience, leeway=leeway)
+        _verified_service_tokens.put(remembered_as, claims, claims.expires_at + leeway)
+    return claims
+
+
+def _verify_service_token(token: str, key: str, *, audience: str, leeway: float) -> ServiceClaims:
     _check_leeway(leeway)
     _check_service_key(key)
     _checked_header(token, alg=SERVICE_ALGORITHM, typ=SERVICE_TOKEN_TYPE)

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from folio.purge.v1 import purge_service_pb2, purge_service_pb2_grpc
-from libs.revocation import NOT_BEFORE_KEY, REVOCATION_TTL
+from libs.revocation import record_not_before
 from libs.service import purge_targets
 from libs.tasks import ACCOUNT_DELETION_KIND, TaskContext, task
 
@@ -48,7 +48,7 @@ async def revoke_access_tokens(ctx: TaskContext, user_id: str) -> None:
         # with the user's tokens still accepted.
         # Tokens carry whole seconds: refuse those issued within the current one too.
         not_before = int(time.time()) + 1
-        await client.set(NOT_BEFORE_KEY + user_id, str(not_before), ex=REVOCATION_TTL)
+        await record_not_before(client, user_id, not_before)
     finally:
         await client.aclose()
 

@@ -148,6 +148,43 @@ def test_sessions_can_be_listed_revoked_and_all_signed_out(
         assert_401(client.me(session["access_token"]))
 
 
+def test_sign_out_reaches_every_service_within_a_second_while_their_caches_are_warm(
+    stack: Stack, google_issuer: GoogleIssuer
+) -> None:
+    """Services answer revocation checks from memory; a sign-out still reaches each at once."""
+    client = Client(stack)
+    session = client.sign_in(google_issuer, f"e2e-warm-{secrets.token_hex(4)}").json()
+    token = session["access_token"]
+    reads = {
+        "auth": "/api/auth/sessions",
+        "user": "/api/users/me",
+        "document": "/api/documents",
+        "llm": "/api/llm/usage",
+        "task": "/api/tasks",
+    }
+    for _ in range(3):  # the token verified and its session remembered by every service
+        for path in reads.values():
+            assert client.http.get(path, headers=bearer(token)).status_code == 200, path
+
+    assert (
+        client.http.post(
+            "/api/auth/logout", json={"refresh_token": session["refresh_token"]}
+        ).status_code
+        == 200
+    )
+    signed_out = time.monotonic()
+    refused_after: dict[str, float] = {}
+    while len(refused_after) < len(reads) and time.monotonic() - signed_out < 5:
+        for name, path in reads.items():
+            if name not in refused_after:
+                response = client.http.get(path, headers=bearer(token))
+                if response.status_code == 401:
+                    assert_401(response)
+                    refused_after[name] = time.monotonic() - signed_out
+    assert set(refused_after) == set(reads), refused_after
+    assert max(refused_after.values()) < 1.0, refused_after
+
+
 @pytest.mark.parametrize(
     "claims",
     [
