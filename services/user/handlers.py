@@ -1,8 +1,9 @@
 """User use cases: plain functions over a session."""
 
+import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from sqlalchemy import Table, func, literal_column, select
@@ -11,16 +12,44 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from libs.access import RoleLoader, Roles
-from libs.db import Database
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.ids import is_ulid, new_id
 from libs.pagination import page_of, page_request
+from libs.reads import ReadPool
 from services.user.models import User
 
 EDITABLE_FIELDS = frozenset({"display_name", "picture_url"})
 MAX_DISPLAY_NAME = 100
 MAX_URL = 2048
 MAX_OPTIONS_BYTES = 64 * 1024
+
+
+class UserView(NamedTuple):
+    """A user as hot reads return it: the columns the API shows."""
+
+    id: str
+    email: str
+    display_name: str
+    picture_url: str
+    is_premium: bool
+    is_admin: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+_READ_USER = (
+    "SELECT id, email, display_name, picture_url, is_premium, is_admin, created_at, updated_at"
+    " FROM users.users WHERE id = %s"
+)
+_READ_ROLES = "SELECT is_premium, is_admin FROM users.users WHERE id = %s"
+
+
+async def read_user(reads: ReadPool, user_id: str) -> UserView:
+    """The user, or NOT_FOUND, in one round trip without a transaction (GetMe, GetUser)."""
+    row = await reads.fetch_one(_READ_USER, (user_id,)) if is_ulid(user_id) else None
+    if row is None:
+        raise NotFound("user not found")
+    return UserView(*row)
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User:
@@ -151,19 +180,14 @@ async def upsert_google_user(
     return user, bool(row.created)
 
 
-def role_loader(database: Database) -> RoleLoader:
+def role_loader(reads: ReadPool) -> RoleLoader:
     """Reads a user's flags straight from this service's own table."""
 
     async def load(user_id: str) -> Roles | None:
         if not is_ulid(user_id):
             return None
-        async with database.session() as session:
-            row = (
-                await session.execute(
-                    select(User.is_premium, User.is_admin).where(User.id == user_id)
-                )
-            ).one_or_none()
-        return None if row is None else Roles(is_premium=row.is_premium, is_admin=row.is_admin)
+        row = await reads.fetch_one(_READ_ROLES, (user_id,))
+        return None if row is None else Roles(is_premium=row[0], is_admin=row[1])
 
     return load
 

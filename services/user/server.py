@@ -13,16 +13,17 @@ from services.user.servicer import UserService
 
 async def build(kit: Kit[Settings]) -> Parts:
     tasks = TaskQueue(kit.channel("task"))
+    reads = kit.read_pool()
     return Parts(
         servicers=[
             servicer(
                 user_service_pb2.DESCRIPTOR.services_by_name["UserService"],
                 user_service_pb2_grpc.add_UserServiceServicer_to_server,
-                UserService(tasks),
+                UserService(reads, tasks),
             )
         ],
         # The user service owns the roles it checks.
-        roles=role_loader(kit.database),
+        roles=role_loader(reads),
         purge=purge_user,
     )
 

@@ -9,6 +9,7 @@ from libs.access import current_user_id
 from libs.convert import struct, timestamp, to_dict
 from libs.db import current_session
 from libs.errors import InvalidArgument, Unavailable
+from libs.reads import ReadPool
 from libs.tasks.queue import TaskQueue
 from services.user import deletion, handlers
 from services.user.models import User
@@ -16,7 +17,7 @@ from services.user.models import User
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def to_proto(user: User) -> user_pb2.User:
+def to_proto(user: User | handlers.UserView) -> user_pb2.User:
     return user_pb2.User(
         id=user.id,
         email=user.email,
@@ -46,14 +47,16 @@ def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str
 class UserService(user_service_pb2_grpc.UserServiceServicer):
     """Users, their profile and options."""
 
-    def __init__(self, tasks: TaskQueue | None = None) -> None:
+    def __init__(self, reads: ReadPool, tasks: TaskQueue | None = None) -> None:
+        # Hot reads of one user (GetMe, GetUser), outside the per-RPC session.
+        self.reads = reads
         # The task service, which queues account deletion.
         self.tasks = tasks
 
     async def GetMe(
         self, request: user_service_pb2.GetMeRequest, context: Context
     ) -> user_service_pb2.GetMeResponse:
-        user = await handlers.get_user(current_session(), current_user_id())
+        user = await handlers.read_user(self.reads, current_user_id())
         return user_service_pb2.GetMeResponse(user=to_proto(user))
 
     async def UpdateMe(
@@ -87,7 +90,7 @@ class UserService(user_service_pb2_grpc.UserServiceServicer):
     async def GetUser(
         self, request: user_service_pb2.GetUserRequest, context: Context
     ) -> user_service_pb2.GetUserResponse:
-        user = await handlers.get_user(current_session(), request.user_id)
+        user = await handlers.read_user(self.reads, request.user_id)
         return user_service_pb2.GetUserResponse(user=to_proto(user))
 
     async def UpsertGoogleUser(
