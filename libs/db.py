@@ -84,10 +84,10 @@ async def _rollback(session: AsyncSession) -> None:
 
 
 def current_session() -> AsyncSession:
-    """The session of the current RPC (opened by DbSessionInterceptor)."""
+    """The session of the current RPC (opened by the server chain)."""
     session = db_session_var.get()
     if session is None:
-        raise RuntimeError("no database session: is DbSessionInterceptor installed?")
+        raise RuntimeError("no database session: is the call served by ServerChain?")
     return session
 
 

@@ -12,13 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from libs.access import RoleLoader
 from libs.config import Settings
 from libs.db import Database
-from libs.interceptors import (
-    AccessInterceptor,
-    DbSessionInterceptor,
-    ErrorInterceptor,
-    FieldBehaviorInterceptor,
-    RequestContextInterceptor,
-)
+from libs.interceptors import AccessPolicy, ServerChain, check_output_only
 from libs.revocation import Revocations, revocations_from_url
 from libs.secrets import load_secrets
 from libs.tokens import (
@@ -90,20 +84,10 @@ class GrpcServer:
         self.security = security
         self.grace_period = grace_period
         self.service_names = [s.full_name for s in servicers]
-        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-            RequestContextInterceptor(),
-            ErrorInterceptor(name),
-            AccessInterceptor(
-                name,
-                security.verifier,
-                security.internal_token_key,
-                roles,
-                security.revocations,
-            ),
-            FieldBehaviorInterceptor(),
-        ]
-        if database is not None:
-            interceptors.append(DbSessionInterceptor(database))
+        policy = AccessPolicy(
+            name, security.verifier, security.internal_token_key, roles, security.revocations
+        )
+        interceptors = [ServerChain(name, policy, [check_output_only], database)]
         self.server = grpc.aio.server(interceptors=interceptors)
         for servicer in servicers:
             servicer.add_to_server(servicer.implementation, self.server)

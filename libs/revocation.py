@@ -2,7 +2,7 @@
 
 The auth service records each revoked session id, and a per-user ``not_before`` on
 sign-out-everywhere, in Redis, and publishes each record on one pub/sub channel. Every
-service's AccessInterceptor checks them on each call.
+service's AccessPolicy checks them on each call.
 
 Checks are answered from memory while this process is subscribed to that channel: the
 first call for a session reads Redis, and what it read stays valid until a published

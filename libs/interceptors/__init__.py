@@ -1,17 +1,7 @@
-"""Server interceptors shared by every Folio service, outermost first."""
+"""The server interceptor shared by every Folio service, and the steps it runs."""
 
-from libs.interceptors.access import AccessInterceptor
-from libs.interceptors.base import AroundInterceptor
-from libs.interceptors.db_session import DbSessionInterceptor
-from libs.interceptors.errors import ErrorInterceptor
-from libs.interceptors.field_behavior import FieldBehaviorInterceptor
-from libs.interceptors.request_context import RequestContextInterceptor
+from libs.interceptors.access import AccessPolicy
+from libs.interceptors.chain import RequestCheck, ServerChain
+from libs.interceptors.field_behavior import check_output_only
 
-__all__ = [
-    "AccessInterceptor",
-    "AroundInterceptor",
-    "DbSessionInterceptor",
-    "ErrorInterceptor",
-    "FieldBehaviorInterceptor",
-    "RequestContextInterceptor",
-]
+__all__ = ["AccessPolicy", "RequestCheck", "ServerChain", "check_output_only"]

@@ -1,16 +1,13 @@
 """Enforces each RPC's declared access level (PUBLIC, USER, PREMIUM, ADMIN, INTERNAL)."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import jwt
 
 from libs import access
-from libs.access import Principal, RoleLoader, principal_var
+from libs.access import Principal, RoleLoader
 from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
-from libs.interceptors.base import AroundInterceptor, bound
 from libs.interceptors.request_context import metadata_value
 from libs.revocation import Revocations
 from libs.tokens import SERVICE_TOKEN_TYPE, AccessTokenVerifier, InvalidToken, verify_service_token
@@ -34,8 +31,8 @@ def _is_service_token(token: str) -> bool:
         return False
 
 
-class AccessInterceptor(AroundInterceptor):
-    """Authenticates the caller, checks the method's level, and sets the principal."""
+class AccessPolicy:
+    """Authenticates the caller of a method and checks the method's access level."""
 
     def __init__(
         self,
@@ -50,14 +47,6 @@ class AccessInterceptor(AroundInterceptor):
         self.internal_token_key = internal_token_key
         self.roles = roles
         self.revocations = revocations
-
-    @asynccontextmanager
-    async def around(
-        self, context: grpc.aio.ServicerContext[Any, Any], method_name: str
-    ) -> AsyncIterator[None]:
-        principal = await self.authenticate(access.method_access(method_name), context)
-        with bound(principal_var, principal):
-            yield
 
     async def authenticate(
         self, level: int, context: grpc.aio.ServicerContext[Any, Any]

@@ -1,9 +1,5 @@
 """Turns domain exceptions into gRPC status with google.rpc ErrorInfo (AIP-193)."""
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -12,9 +8,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from libs.errors import FolioError, InvalidArgument
-from libs.interceptors.base import AroundInterceptor
-
-log = logging.getLogger(__name__)
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -40,27 +33,11 @@ def to_status(error: FolioError, domain: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class ErrorInterceptor(AroundInterceptor):
-    """Maps FolioError to its status; anything unexpected becomes a logged INTERNAL."""
-
-    def __init__(self, service: str) -> None:
-        self.domain = f"{service}.folio"
-
-    @asynccontextmanager
-    async def around(
-        self, context: grpc.aio.ServicerContext[Any, Any], method_name: str
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        except FolioError as error:
-            await context.abort_with_status(to_status(error, self.domain))  # type: ignore[attr-defined]
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("unhandled error in %s", method_name)
-            internal = status_pb2.Status(
-                code=code_pb2.INTERNAL,
-                message="internal error",
-                details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=self.domain))],
-            )
-            await context.abort_with_status(rpc_status.to_status(internal))  # type: ignore[attr-defined]
+def internal_status(domain: str) -> grpc.Status:
+    """What a caller sees of an unexpected error: INTERNAL, and nothing of its cause."""
+    internal = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message="internal error",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain))],
+    )
+    return rpc_status.to_status(internal)

@@ -4,16 +4,12 @@ The proto is the single statement of what is writable: servicers never re-check 
 the gateway's OpenAPI shows the same fields as read-only.
 """
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import grpc
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor, message
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from libs.errors import InvalidArgument
 
@@ -173,23 +169,8 @@ def _messages(
     return [(path, value)]
 
 
-class FieldBehaviorInterceptor(AsyncServerInterceptor):
-    """INVALID_ARGUMENT, with a field violation per path, for a request that sets OUTPUT_ONLY."""
-
-    async def intercept(
-        self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
-        method_name: str,
-    ) -> Any:
-        # A client stream's messages are not here to look at; no Folio RPC takes one.
-        if isinstance(request_or_iterator, message.Message):
-            violations = output_only_violations(request_or_iterator)
-            if violations:
-                raise InvalidArgument(
-                    "request sets output-only fields", field_violations=violations
-                )
-        response = method(request_or_iterator, context)
-        # A unary handler gives a coroutine; a server stream an async generator to pass on.
-        return await response if inspect.isawaitable(response) else response
+def check_output_only(request: message.Message) -> None:
+    """INVALID_ARGUMENT, with a field violation per path, when ``request`` sets OUTPUT_ONLY."""
+    violations = output_only_violations(request)
+    if violations:
+        raise InvalidArgument("request sets output-only fields", field_violations=violations)

@@ -11,7 +11,7 @@ from libs.access import CachedRoles, Roles
 from libs.config import Settings
 from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
 from libs.ids import new_id
-from libs.interceptors.access import ON_BEHALF_OF_KEY, AccessInterceptor
+from libs.interceptors.access import ON_BEHALF_OF_KEY, AccessPolicy
 from libs.secrets import Secrets, load_secrets
 from libs.tokens import AccessTokenVerifier, JwksCache, sign_access_token, sign_service_token
 
@@ -51,7 +51,7 @@ def secrets(tmp_path: Path) -> Secrets:
 
 
 @pytest.fixture
-def interceptor(secrets: Secrets) -> AccessInterceptor:
+def interceptor(secrets: Secrets) -> AccessPolicy:
     async def fetch() -> dict[str, Any]:
         return secrets.public_jwks()
 
@@ -65,7 +65,7 @@ def interceptor(secrets: Secrets) -> AccessInterceptor:
     async def load(user_id: str) -> Roles | None:
         return roles.get(user_id)
 
-    return AccessInterceptor("user", verifier, secrets.internal_token_key, load)
+    return AccessPolicy("user", verifier, secrets.internal_token_key, load)
 
 
 def user_call(secrets: Secrets, user_id: str) -> Any:
@@ -90,7 +90,7 @@ def user_call(secrets: Secrets, user_id: str) -> Any:
     ],
 )
 async def test_user_levels(
-    interceptor: AccessInterceptor,
+    interceptor: AccessPolicy,
     secrets: Secrets,
     user_id: str,
     level: int,
@@ -106,14 +106,14 @@ async def test_user_levels(
 
 
 async def test_premium_refusal_carries_the_premium_reason(
-    interceptor: AccessInterceptor, secrets: Secrets
+    interceptor: AccessPolicy, secrets: Secrets
 ) -> None:
     with pytest.raises(PremiumRequired) as caught:
         await interceptor.authenticate(access.PREMIUM, user_call(secrets, "PLAIN"))
     assert caught.value.reason == "PREMIUM_REQUIRED"
 
 
-async def test_service_tokens(interceptor: AccessInterceptor, secrets: Secrets) -> None:
+async def test_service_tokens(interceptor: AccessPolicy, secrets: Secrets) -> None:
     token = sign_service_token(secrets.internal_token_key, caller="task", audience="user")
     bearer = ("authorization", f"Bearer {token}")
     internal = await interceptor.authenticate(access.INTERNAL, Metadata(bearer))
@@ -131,9 +131,7 @@ async def test_service_tokens(interceptor: AccessInterceptor, secrets: Secrets) 
         )
 
 
-async def test_public_methods_admit_anyone(
-    interceptor: AccessInterceptor, secrets: Secrets
-) -> None:
+async def test_public_methods_admit_anyone(interceptor: AccessPolicy, secrets: Secrets) -> None:
     assert await interceptor.authenticate(access.PUBLIC, Metadata()) == access.ANONYMOUS
     broken = Metadata(("authorization", "Bearer nonsense"))
     assert await interceptor.authenticate(access.PUBLIC, broken) == access.ANONYMOUS
