@@ -315,7 +315,7 @@ class AccessTokenVerifier:
 
     async def verify(self, token: str) -> AccessClaims:
         """The claims of a valid access token; may refresh the key set."""
-        claims = self._remembered(token)
+        claims = self.remembered(token)
         if claims is not None:
             return claims
         kid = self._kid(token)
@@ -323,13 +323,14 @@ class AccessTokenVerifier:
 
     def verify_cached(self, token: str) -> AccessClaims:
         """Like ``verify`` but only with keys already cached; never does I/O."""
-        claims = self._remembered(token)
+        claims = self.remembered(token)
         if claims is not None:
             return claims
         kid = self._kid(token)
         return self._remember(token, kid, self._decode(token, self._keys.peek(kid)))
 
-    def _remembered(self, token: str) -> AccessClaims | None:
+    def remembered(self, token: str) -> AccessClaims | None:
+        """The claims of ``token`` if it was verified before and is still valid; no parsing."""
         hit = self._verified.get(token)
         if hit is None or self._keys.peek(hit[1]) is None:
             return None

@@ -10,7 +10,13 @@ from libs.access import Principal, RoleLoader
 from libs.errors import PermissionDenied, PremiumRequired, Unauthenticated
 from libs.interceptors.request_context import metadata_value
 from libs.revocation import Revocations
-from libs.tokens import SERVICE_TOKEN_TYPE, AccessTokenVerifier, InvalidToken, verify_service_token
+from libs.tokens import (
+    SERVICE_TOKEN_TYPE,
+    AccessClaims,
+    AccessTokenVerifier,
+    InvalidToken,
+    verify_service_token,
+)
 
 ON_BEHALF_OF_KEY = "x-folio-on-behalf-of"
 
@@ -59,7 +65,11 @@ class AccessPolicy:
             raise Unauthenticated("missing bearer token")
         if level == access.INTERNAL:
             return self._service(token, context)
-        if _is_service_token(token):
+        remembered = self.verifier.remembered(token)
+        if remembered is not None:
+            # A user token verified before: no need to parse its header to tell its kind.
+            principal = await self._unrevoked(remembered)
+        elif _is_service_token(token):
             principal = self._service(token, context)
             if principal.user_id is None:
                 raise Unauthenticated(f"a service call needs {ON_BEHALF_OF_KEY}")
@@ -74,6 +84,9 @@ class AccessPolicy:
             claims = await self.verifier.verify(token)
         except InvalidToken as error:
             raise Unauthenticated("invalid access token") from error
+        return await self._unrevoked(claims)
+
+    async def _unrevoked(self, claims: AccessClaims) -> Principal:
         if self.revocations is not None and await self.revocations.is_revoked(claims):
             raise Unauthenticated("the session of this access token was signed out")
         return Principal(user_id=claims.user_id, session_id=claims.session_id)
