@@ -31,7 +31,7 @@ from libs.db import Database, current_session
 from libs.grpc_client import service_channel
 from libs.grpc_server import GrpcServer, Security, Servicer, build_security
 from libs.ids import require_ulid
-from libs.reads import ReadPool
+from libs.statements import StatementPool
 from libs.roles import user_service_roles
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,10 @@ class Kit(Generic[SettingsT]):
         self.closers.push_async_callback(channel.close, None)
         return channel
 
-    def read_pool(self) -> ReadPool:
-        """Connections for hot single-statement reads on this service's database; closed on stop."""
+    def statement_pool(self) -> StatementPool:
+        """Connections for hot single statements on this service's database; closed on stop."""
         assert self.settings.database_url
-        pool = ReadPool(self.settings.database_url)
+        pool = StatementPool(self.settings.database_url)
         self.closers.push_async_callback(pool.close)
         return pool
 

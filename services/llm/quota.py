@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.db import Database
 from libs.errors import ResourceExhausted
 from libs.ids import new_id
+from libs.statements import StatementPool
 from services.llm.providers import Call, Tokens
 
 LOST_AFTER_SECONDS = 3600
@@ -52,11 +53,31 @@ class PeriodUsage:
     resets_at: dt.datetime
 
 
+_RESERVE = (
+    "WITH reserved AS ("
+    " INSERT INTO llm.budgets AS b (user_id, period_start, reserved_tokens)"
+    " SELECT %(user)s, %(start)s, %(tokens)s WHERE %(tokens)s <= %(budget)s"
+    " ON CONFLICT (user_id, period_start) DO UPDATE"
+    " SET reserved_tokens = b.reserved_tokens + excluded.reserved_tokens"
+    " WHERE b.used_tokens + b.reserved_tokens + excluded.reserved_tokens <= %(budget)s"
+    " RETURNING 1"
+    "), recorded AS ("
+    " INSERT INTO llm.calls (id, user_id, operation, model, period_start, reserved_tokens)"
+    " SELECT %(id)s, %(user)s, %(operation)s, %(model)s, %(start)s, %(tokens)s FROM reserved"
+    " RETURNING 1"
+    ") SELECT count(*) FROM recorded"
+)
+
+
 class Budgets:
     """Reserves, settles and reports tokens in the ``llm`` schema."""
 
-    def __init__(self, database: Database, period: Literal["day", "month"]) -> None:
+    def __init__(
+        self, database: Database, statements: StatementPool, period: Literal["day", "month"]
+    ) -> None:
         self.database = database
+        # Reserving sits before every call's first token: one statement, one round trip.
+        self.statements = statements
         self.period = period
 
     async def reserve(
@@ -73,43 +94,28 @@ class Budgets:
         moment = now or dt.datetime.now(dt.UTC)
         start, resets_at = self.period_of(moment)
         call_id = new_id()
-        async with self.database.session() as session:
-            # One round trip: the budget row is created or raised only while the period's
-            # use stays within the budget, and the call is recorded only if it was.
-            reserved = await session.scalar(
-                text(
-                    "WITH reserved AS ("
-                    " INSERT INTO llm.budgets AS b (user_id, period_start, reserved_tokens)"
-                    " SELECT :user, :start, :tokens WHERE :tokens <= :budget"
-                    " ON CONFLICT (user_id, period_start) DO UPDATE"
-                    " SET reserved_tokens = b.reserved_tokens + excluded.reserved_tokens"
-                    " WHERE b.used_tokens + b.reserved_tokens + excluded.reserved_tokens"
-                    " <= :budget"
-                    " RETURNING 1"
-                    "), recorded AS ("
-                    " INSERT INTO llm.calls"
-                    " (id, user_id, operation, model, period_start, reserved_tokens)"
-                    " SELECT :id, :user, :operation, :model, :start, :tokens FROM reserved"
-                    " RETURNING 1"
-                    ") SELECT count(*) FROM recorded"
-                ),
-                {
-                    "id": call_id,
-                    "user": user_id,
-                    "operation": operation,
-                    "model": model,
-                    "start": start,
-                    "tokens": tokens,
-                    "budget": budget,
-                },
+        # One statement, one round trip, its own transaction: the budget row is created or
+        # raised only while the period's use stays within the budget, and the call is
+        # recorded only if it was.
+        row = await self.statements.fetch_one(
+            _RESERVE,
+            {
+                "id": call_id,
+                "user": user_id,
+                "operation": operation,
+                "model": model,
+                "start": start,
+                "tokens": tokens,
+                "budget": budget,
+            },
+        )
+        if row is None or not row[0]:
+            retry_after = max(1, math.ceil((resets_at - moment).total_seconds()))
+            raise ResourceExhausted(
+                "the token budget of this period is spent",
+                retry_after=retry_after,
+                reason="QUOTA_EXCEEDED",
             )
-            if not reserved:
-                retry_after = max(1, math.ceil((resets_at - moment).total_seconds()))
-                raise ResourceExhausted(
-                    "the token budget of this period is spent",
-                    retry_after=retry_after,
-                    reason="QUOTA_EXCEEDED",
-                )
         return Reservation(call_id, user_id, start, tokens)
 
     def period_of(self, moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:

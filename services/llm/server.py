@@ -26,7 +26,7 @@ async def build(kit: Kit[LlmSettings]) -> Parts:
     provider = create_provider(kit.settings, load_secrets(kit.settings).anthropic_api_key)
     kit.on_close(provider.close)
     roles = user_service_roles(kit.channel("user"))
-    budgets = Budgets(kit.database, kit.settings.llm_quota_period)
+    budgets = Budgets(kit.database, kit.statement_pool(), kit.settings.llm_quota_period)
     deps = LlmDeps(kit.settings, provider, budgets, CachedRoles(roles))
     return Parts(
         servicers=[

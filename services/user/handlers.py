@@ -15,7 +15,7 @@ from libs.access import RoleLoader, Roles
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.ids import is_ulid, new_id
 from libs.pagination import page_of, page_request
-from libs.reads import ReadPool
+from libs.statements import StatementPool
 from services.user.models import User
 
 EDITABLE_FIELDS = frozenset({"display_name", "picture_url"})
@@ -44,7 +44,7 @@ _READ_USER = (
 _READ_ROLES = "SELECT is_premium, is_admin FROM users.users WHERE id = %s"
 
 
-async def read_user(reads: ReadPool, user_id: str) -> UserView:
+async def read_user(reads: StatementPool, user_id: str) -> UserView:
     """The user, or NOT_FOUND, in one round trip without a transaction (GetMe, GetUser)."""
     row = await reads.fetch_one(_READ_USER, (user_id,)) if is_ulid(user_id) else None
     if row is None:
@@ -180,7 +180,7 @@ async def upsert_google_user(
     return user, bool(row.created)
 
 
-def role_loader(reads: ReadPool) -> RoleLoader:
+def role_loader(reads: StatementPool) -> RoleLoader:
     """Reads a user's flags straight from this service's own table."""
 
     async def load(user_id: str) -> Roles | None:

@@ -13,7 +13,7 @@ from services.user.servicer import UserService
 
 async def build(kit: Kit[Settings]) -> Parts:
     tasks = TaskQueue(kit.channel("task"))
-    reads = kit.read_pool()
+    reads = kit.statement_pool()
     return Parts(
         servicers=[
             servicer(

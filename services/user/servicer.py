@@ -9,7 +9,7 @@ from libs.access import current_user_id
 from libs.convert import struct, timestamp, to_dict
 from libs.db import current_session
 from libs.errors import InvalidArgument, Unavailable
-from libs.reads import ReadPool
+from libs.statements import StatementPool
 from libs.tasks.queue import TaskQueue
 from services.user import deletion, handlers
 from services.user.models import User
@@ -47,7 +47,7 @@ def _profile_changes(request: user_service_pb2.UpdateMeRequest) -> dict[str, str
 class UserService(user_service_pb2_grpc.UserServiceServicer):
     """Users, their profile and options."""
 
-    def __init__(self, reads: ReadPool, tasks: TaskQueue | None = None) -> None:
+    def __init__(self, reads: StatementPool, tasks: TaskQueue | None = None) -> None:
         # Hot reads of one user (GetMe, GetUser), outside the per-RPC session.
         self.reads = reads
         # The task service, which queues account deletion.
