@@ -31,8 +31,8 @@ from libs.db import Database, current_session
 from libs.grpc_client import service_channel
 from libs.grpc_server import GrpcServer, Security, Servicer, build_security
 from libs.ids import require_ulid
-from libs.statements import StatementPool
 from libs.roles import user_service_roles
+from libs.statements import StatementPool
 
 log = logging.getLogger(__name__)
 
