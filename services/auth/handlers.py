@@ -22,6 +22,7 @@ from services.auth.keys import KeyRing
 from services.auth.nonces import NonceRegistry
 from services.auth.ratelimit import RateLimiter
 from services.auth.repository import SessionRow
+from services.auth.rotations import IssuedTokens, RecentRotations
 from services.auth.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,7 @@ class AuthDeps:
     limiter: RateLimiter
     nonces: NonceRegistry
     revocations: Revocations
-
-
-@dataclass(frozen=True)
-class IssuedTokens:
-    access_token: str
-    expires_at: int
-    refresh_token: str
-    session_id: str
+    rotations: RecentRotations
 
 
 @dataclass(frozen=True)
@@ -181,12 +175,19 @@ async def refresh(
         idle_ttl=settings.refresh_idle_ttl_seconds,
     )
     if rotated is None:
+        # Rotated a moment ago (another tab): the same pair, while the session lives.
+        recalled = await deps.rotations.recall(refresh_token)
+        if recalled is not None and owner.active:
+            return recalled
         await _refused_refresh(deps, db, old_hash, client_ip)
         # The refusal commits: a reuse's revocation must survive the error.
         raise Unauthenticated(INVALID_REFRESH, keep_changes=True)
     session_id, user_id = rotated
     access_token, expires_at = _access_token(deps, user_id, session_id)
-    return IssuedTokens(access_token, expires_at, new_token, session_id)
+    issued = IssuedTokens(access_token, expires_at, new_token, session_id)
+    # Before the commit: a refresh of the same token waiting on this row finds it.
+    await deps.rotations.remember(refresh_token, issued)
+    return issued
 
 
 async def _refused_refresh(

@@ -16,6 +16,7 @@ from services.auth.handlers import AuthDeps, purge_user_data
 from services.auth.keys import KeyRing
 from services.auth.nonces import NonceRegistry
 from services.auth.ratelimit import RateLimiter
+from services.auth.rotations import RecentRotations
 from services.auth.servicer import AuthService
 from services.auth.settings import AuthSettings
 
@@ -39,6 +40,7 @@ async def build(kit: Kit[AuthSettings]) -> Parts:
         limiter=RateLimiter(redis),
         nonces=NonceRegistry(redis),
         revocations=kit.security.revocations,
+        rotations=RecentRotations(redis, kit.settings.refresh_reuse_grace_seconds),
     )
 
     return Parts(

@@ -27,6 +27,10 @@ class SigningSettings(Settings):
         return self
 
 
+# A longer window would let a stolen refresh token be used unnoticed for that long.
+MAX_REUSE_GRACE_SECONDS = 60
+
+
 class AuthSettings(SigningSettings):
     """What the auth service reads from its environment, validated when it starts."""
 
@@ -43,6 +47,10 @@ class AuthSettings(SigningSettings):
     # Sessions: a refresh token dies after idle_ttl unused, a session after absolute_ttl.
     refresh_idle_ttl_seconds: int = 14 * 24 * 3600
     refresh_absolute_ttl_seconds: int = 30 * 24 * 3600
+    # A refresh token presented again this soon after it was rotated (two tabs refreshing
+    # at once) gets the pair that rotation issued; later, reuse revokes the session.
+    # 0 turns the window off: every reuse revokes.
+    refresh_reuse_grace_seconds: float = 5.0
 
     # Sign-in and refresh attempts per client IP and per subject, per window.
     rate_limit_window_seconds: int = 60
@@ -66,4 +74,8 @@ class AuthSettings(SigningSettings):
             raise ValueError("FOLIO_REDIS_URL is required (rate limits, nonces, sign-out)")
         if self.refresh_idle_ttl_seconds <= 0 or self.refresh_absolute_ttl_seconds <= 0:
             raise ValueError("refresh token lifetimes must be positive")
+        if not 0 <= self.refresh_reuse_grace_seconds <= MAX_REUSE_GRACE_SECONDS:
+            raise ValueError(
+                f"FOLIO_REFRESH_REUSE_GRACE_SECONDS must be within 0..{MAX_REUSE_GRACE_SECONDS}"
+            )
         return self

@@ -4,6 +4,7 @@ import asyncio
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from folio.auth.v1 import auth_service_pb2
@@ -34,7 +35,11 @@ async def get_me(env: AuthEnv, access_token: str) -> user_service_pb2.GetMeRespo
     return reply
 
 
-async def test_refresh_rotates_and_a_replayed_token_kills_the_session(env: AuthEnv) -> None:
+async def test_refresh_rotates_and_a_replayed_token_kills_the_session(
+    make_auth_env: AuthEnvFactory,
+) -> None:
+    # Strict: no grace window, so the first reuse already counts as theft.
+    env: AuthEnv = await make_auth_env(refresh_reuse_grace_seconds=0)
     signed_in = await env.sign_in()
     rotated = await refresh(env, signed_in.refresh_token)
     assert rotated.refresh_token != signed_in.refresh_token
@@ -58,7 +63,9 @@ async def test_fifty_parallel_refreshes_of_one_token_yield_one_success(
 ) -> None:
     # Limits above the burst, so every loser meets the rotation, not the rate limit.
     env: AuthEnv = await make_auth_env(
-        rate_limit_refresh_per_ip=100, rate_limit_refresh_per_subject=100
+        rate_limit_refresh_per_ip=100,
+        rate_limit_refresh_per_subject=100,
+        refresh_reuse_grace_seconds=0,
     )
     signed_in = await env.sign_in()
     results = await asyncio.gather(
@@ -69,6 +76,60 @@ async def test_fifty_parallel_refreshes_of_one_token_yield_one_success(
     assert len(successes) == 1
     assert len(failures) == 49
     assert {f.code() for f in failures} == {UNAUTHENTICATED}
+
+
+async def test_concurrent_refreshes_within_the_grace_window_share_one_rotation(
+    make_auth_env: AuthEnvFactory,
+) -> None:
+    """Tabs refreshing at once all get the one new pair; none of them looks like theft."""
+    env: AuthEnv = await make_auth_env(
+        rate_limit_refresh_per_ip=100,
+        rate_limit_refresh_per_subject=100,
+        refresh_reuse_grace_seconds=30,
+    )
+    signed_in = await env.sign_in()
+    results = await asyncio.gather(*(refresh(env, signed_in.refresh_token) for _ in range(20)))
+    assert len({(r.refresh_token, r.access_token) for r in results}) == 1
+    assert results[0].refresh_token != signed_in.refresh_token
+    # Redis holds the pair sealed: neither token can be read from it.
+    assert env.settings.redis_url
+    async with aioredis.Redis.from_url(env.settings.redis_url) as raw:
+        kept = [await raw.get(key) async for key in raw.scan_iter("folio:auth:rotated:*")]
+    assert len(kept) == 1 and isinstance(kept[0], bytes)
+    assert results[0].refresh_token.encode() not in kept[0]
+    assert results[0].access_token.encode() not in kept[0]
+    assert (await get_me(env, results[0].access_token)).user.id == signed_in.user.id
+    assert (await refresh(env, results[0].refresh_token)).refresh_token
+
+
+async def test_a_reuse_within_the_window_gets_the_same_pair_and_after_it_revokes(
+    make_auth_env: AuthEnvFactory,
+) -> None:
+    grace = 2.0
+    env: AuthEnv = await make_auth_env(refresh_reuse_grace_seconds=grace)
+    signed_in = await env.sign_in()
+    first = await refresh(env, signed_in.refresh_token)
+    rotated_at = asyncio.get_running_loop().time()
+    await asyncio.sleep(0.1)  # the second tab, a moment later
+    second = await refresh(env, signed_in.refresh_token)
+    assert asyncio.get_running_loop().time() - rotated_at < grace
+    assert (second.refresh_token, second.access_token) == (first.refresh_token, first.access_token)
+
+    # The scenario is time passing: the window ends, and reuse is theft again.
+    await asyncio.sleep(grace + 0.5 - (asyncio.get_running_loop().time() - rotated_at))
+    assert await refused(refresh(env, signed_in.refresh_token)) == UNAUTHENTICATED
+    assert await refused(refresh(env, first.refresh_token)) == UNAUTHENTICATED
+    assert await refused(get_me(env, first.access_token)) == UNAUTHENTICATED
+
+
+async def test_a_signed_out_session_gets_nothing_from_the_window(
+    make_auth_env: AuthEnvFactory,
+) -> None:
+    env: AuthEnv = await make_auth_env(refresh_reuse_grace_seconds=30)
+    signed_in = await env.sign_in()
+    rotated = await refresh(env, signed_in.refresh_token)
+    await env.auth.SignOut(auth_service_pb2.SignOutRequest(refresh_token=rotated.refresh_token))
+    assert await refused(refresh(env, signed_in.refresh_token)) == UNAUTHENTICATED
 
 
 async def test_unknown_tokens_are_refused_without_touching_sessions(env: AuthEnv) -> None:
